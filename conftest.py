@@ -1,0 +1,1 @@
+# Repository-level conftest: the plugin itself is loaded through its entry point.

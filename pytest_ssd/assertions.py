@@ -1,0 +1,111 @@
+"""Compare a kernel's output and final states with the reference, and explain a mismatch.
+
+The message says which tensor, how many elements are off, the worst one (index, sequence,
+kernel value, reference value, allowed error), and the seed to reproduce it. NaN or inf in the
+kernel's result always fails, whatever the tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+# At least as tight as vLLM's SSD tests (fp32 8e-3/5e-3, bf16 5e-2/5e-2); fp16 has 3 more
+# mantissa bits than bf16, so it gets a tighter bound. Reference is float64.
+TOLERANCES = {
+    torch.float32: Tolerance(atol=8e-3, rtol=5e-3),
+    torch.float16: Tolerance(atol=3e-2, rtol=3e-2),
+    torch.bfloat16: Tolerance(atol=5e-2, rtol=5e-2),
+    torch.float64: Tolerance(atol=1e-9, rtol=1e-9),
+}
+
+
+def tolerance_for(dtype: torch.dtype) -> Tolerance:
+    if dtype not in TOLERANCES:
+        raise ValueError(f"dtype: expected one of {list(TOLERANCES)}, got {dtype}")
+    return TOLERANCES[dtype]
+
+
+def _sequence_of(token: int, cu_seqlens: Optional[Sequence[int]]) -> str:
+    if cu_seqlens is None:
+        return ""
+    for s in range(len(cu_seqlens) - 1):
+        if cu_seqlens[s] <= token < cu_seqlens[s + 1]:
+            return f" (sequence {s}, position {token - cu_seqlens[s]})"
+    return ""
+
+
+def mismatch_report(
+    name: str,
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    tol: Tolerance,
+    *,
+    token_axis: Optional[int] = None,
+    cu_seqlens: Optional[Sequence[int]] = None,
+) -> Optional[str]:
+    """None when ``actual`` matches ``expected`` within ``tol``, else a readable explanation."""
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"{name}: shape {tuple(actual.shape)}, reference {tuple(expected.shape)}"
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    bad_values = ~torch.isfinite(a)
+    if bool(bad_values.any()):
+        idx = tuple(int(i) for i in bad_values.nonzero()[0])
+        where = _sequence_of(idx[token_axis], cu_seqlens) if token_axis is not None else ""
+        return (f"{name}: {int(bad_values.sum())} of {a.numel()} elements are NaN/inf (first at index {idx}{where}: "
+                f"{a[idx].item()}); NaN never passes; an unwritten output keeps its NaN poison")
+    allowed = tol.atol + tol.rtol * e.abs()
+    excess = (a - e).abs() - allowed
+    n_bad = int((excess > 0).sum())
+    if n_bad == 0:
+        return None
+    flat = int(torch.argmax(excess))
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape))
+    where = _sequence_of(idx[token_axis], cu_seqlens) if token_axis is not None else ""
+    return (
+        f"{name}: {n_bad} of {a.numel()} elements outside atol={tol.atol:g} rtol={tol.rtol:g}; worst at index "
+        f"{idx}{where}: kernel {a[idx].item():.6g}, reference {e[idx].item():.6g}, |diff| "
+        f"{abs(a[idx].item() - e[idx].item()):.3g} > allowed {allowed[idx].item():.3g}; "
+        f"max |diff| over all {float((a - e).abs().max()):.3g}"
+    )
+
+
+def assert_ssd_close(
+    out: torch.Tensor,
+    final_states: Optional[torch.Tensor],
+    ref_out: torch.Tensor,
+    ref_final_states: Optional[torch.Tensor],
+    *,
+    dtype: torch.dtype,
+    seed: Optional[int] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    tol: Optional[Tolerance] = None,
+    state_tol: Optional[Tolerance] = None,
+) -> None:
+    """Assert the whole output (T, H, P) and final states (S, H, P, N) match the reference.
+
+    ``dtype`` is the model dtype and picks the tolerance (:data:`TOLERANCES`); states are
+    compared with ``state_tol`` (default: the same tolerance).
+    """
+    tol = tol or tolerance_for(dtype)
+    offsets = None if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
+    problems = [mismatch_report("out", out, ref_out, tol, token_axis=0, cu_seqlens=offsets)]
+    if ref_final_states is not None:
+        if final_states is None:
+            problems.append("final_states: kernel returned None, reference has states")
+        else:
+            problems.append(mismatch_report("final_states", final_states, ref_final_states, state_tol or tol))
+    problems = [p for p in problems if p]
+    if problems:
+        seed_line = f"\nseed: {seed} (rerun with --ssd-seed to reproduce)" if seed is not None else ""
+        raise AssertionError(f"SSD kernel disagrees with the reference ({str(dtype).replace('torch.', '')}):\n  "
+                             + "\n  ".join(problems) + seed_line)

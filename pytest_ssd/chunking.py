@@ -1,0 +1,92 @@
+"""Chunk metadata for the packed varlen layout, as vLLM's ``mamba_chunk_scan_combined_varlen`` takes it.
+
+A *physical chunk* holds at most ``chunk_size`` tokens of exactly one sequence: every sequence
+starts a new chunk, and a sequence longer than ``chunk_size`` is cut every ``chunk_size``
+tokens from its own start. Example: ``cu_seqlens=[0, 3, 10]``, ``chunk_size=4`` gives chunks
+``[0,3) [3,7) [7,10)``, so ``cu_chunk_seqlens=[0, 3, 7, 10]``, ``seq_idx=[0, 1, 1]`` (the
+sequence of each chunk) and ``last_chunk_indices=[0, 2]`` (each sequence's last chunk).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .validation import check_cu_seqlens, check_positive_int, check_power_of_two
+
+
+@dataclass(frozen=True)
+class ChunkMetadata:
+    """Chunk layout of one packed batch. All tensors int32 on ``cu_seqlens``'s device."""
+
+    cu_chunk_seqlens: torch.Tensor  # (C+1,) token offset of each chunk, ends at T
+    seq_idx: torch.Tensor  # (C,) sequence index of each chunk
+    last_chunk_indices: torch.Tensor  # (S,) index of each sequence's last chunk
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.seq_idx.numel())
+
+
+def chunk_offsets(seqlens: Sequence[int], chunk_size: int) -> tuple:
+    """Pure-Python core: ``(cu_chunk_seqlens, seq_idx, last_chunk_indices)`` as lists.
+
+    ``seqlens`` are the positive sequence lengths (not offsets); no tensor is touched, so
+    this also serves callers whose tensors live on a device that cannot be read ("meta").
+    """
+    check_power_of_two("chunk_size", chunk_size, minimum=1)  # 0 would loop forever below
+    for length in seqlens:
+        check_positive_int("seqlens", length)
+    cu_chunks, seq_idx, last = [0], [], []
+    start = 0
+    for s, length in enumerate(seqlens):
+        end = start + length
+        pos = start
+        while pos < end:
+            pos = min(pos + chunk_size, end)
+            cu_chunks.append(pos)
+            seq_idx.append(s)
+        last.append(len(seq_idx) - 1)
+        start = end
+    return cu_chunks, seq_idx, last
+
+
+def chunk_metadata(cu_seqlens: torch.Tensor, chunk_size: int) -> ChunkMetadata:
+    """Build :class:`ChunkMetadata` from ``cu_seqlens`` (S+1,) and a power-of-two ``chunk_size``."""
+    offsets = check_cu_seqlens(cu_seqlens, None)  # T is whatever it ends at
+    seqlens = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+    cu_chunks, seq_idx, last = chunk_offsets(seqlens, chunk_size)  # checks chunk_size
+    device = cu_seqlens.device
+
+    def as_tensor(values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int32, device=device)
+
+    return ChunkMetadata(as_tensor(cu_chunks), as_tensor(seq_idx), as_tensor(last))
+
+
+def check_chunk_metadata(
+    cu_seqlens: torch.Tensor,
+    chunk_size: int,
+    cu_chunk_seqlens: torch.Tensor,
+    seq_idx: torch.Tensor,
+    last_chunk_indices: torch.Tensor,
+) -> None:
+    """Raise ``ValueError`` when given chunk metadata disagrees with ``cu_seqlens``/``chunk_size``.
+
+    Kernels index memory with these values, so a mismatch would read or write out of bounds.
+    """
+    want = chunk_metadata(cu_seqlens, chunk_size)
+    for name, got, expected in (
+        ("cu_chunk_seqlens", cu_chunk_seqlens, want.cu_chunk_seqlens),
+        ("seq_idx", seq_idx, want.seq_idx),
+        ("last_chunk_indices", last_chunk_indices, want.last_chunk_indices),
+    ):
+        if not isinstance(got, torch.Tensor) or got.dim() != 1:
+            raise ValueError(f"{name}: expected a 1-D int32 tensor, got {got!r:.80}")
+        if got.shape != expected.shape or not torch.equal(got.to(expected.device, torch.int32), expected):
+            raise ValueError(
+                f"{name}: disagrees with cu_seqlens={cu_seqlens.tolist()[:8]}... and chunk_size={chunk_size}: "
+                f"expected {expected.tolist()[:16]}, got {got.tolist()[:16]} "
+                f"(build it with pytest_ssd.chunking.chunk_metadata)"
+            )

@@ -1,0 +1,220 @@
+"""Every pytest-ssd option in one table: CLI flag, ini key, environment variable, parser, help.
+
+Precedence is CLI > environment variable > ini > default (as pytest-timeout does). A bad value
+is a ``pytest.UsageError`` that says what is accepted. This module imports neither torch nor
+triton: the plugin is loaded into every pytest run of an environment that has it installed.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import pytest
+
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+KERNEL_APIS = ("auto", "vllm", "mamba_ssm")
+DEFAULT_KERNEL = "pytest_ssd.kernels:mamba_chunk_scan_combined_varlen"
+DEFAULT_WARMUP = "pytest_ssd.warmup:warmup_ssd_kernels"
+_TARGET_RE = re.compile(r"^(cuda:\d{2,3}a?|hip:gfx[0-9a-f]+)$")
+
+
+def _bool(value: str) -> bool:
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("accepted: 1/0, true/false, yes/no, on/off")
+
+
+def _dtypes(value: str) -> tuple:
+    names = tuple(dict.fromkeys(v.strip().lower() for v in str(value).replace(" ", ",").split(",") if v.strip()))
+    if not names or any(n not in DTYPE_NAMES for n in names):
+        raise ValueError(f"accepted: one or more of {', '.join(DTYPE_NAMES)}, comma-separated (e.g. fp32,bf16)")
+    return names
+
+
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("accepted: a non-negative integer") from None
+    if seed < 0:
+        raise ValueError("accepted: a non-negative integer")
+    return seed
+
+
+def _choice(choices: tuple) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        low = str(value).strip().lower()
+        if low not in choices:
+            raise ValueError(f"accepted: {', '.join(choices)}")
+        return low
+
+    return parse
+
+
+def _entry_point(value: str) -> str:
+    text = str(value).strip()
+    module, _, attr = text.partition(":")
+    if not module or not attr or not all(p.isidentifier() for p in module.split(".") + attr.split(".")):
+        raise ValueError("accepted: 'package.module:callable' (a module path, a colon, an attribute)")
+    return text
+
+
+def _target(value: str) -> str:
+    text = str(value).strip().lower()
+    if not _TARGET_RE.match(text):
+        raise ValueError("accepted: a Triton target such as cuda:80, cuda:90, cuda:100 or hip:gfx942")
+    return text
+
+
+def _path(value: str) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("accepted: a file or directory path")
+    return text
+
+
+def _ratio(value: str) -> float:
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("accepted: a number > 1 (first call / steady state)") from None
+    if not ratio > 1.0:
+        raise ValueError("accepted: a number > 1 (first call / steady state)")
+    return ratio
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # attribute of Settings, and the ini key with "ssd_" prefix
+    flag: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    is_flag: bool = False
+
+    @property
+    def ini(self) -> str:
+        return "ssd_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "PYTEST_SSD_" + self.name.upper()
+
+    @property
+    def dest(self) -> str:
+        return "ssd_" + self.name
+
+
+OPTIONS = (
+    Option("require_warm", "--ssd-require-warm", _bool, False,
+           "fail any test whose call phase compiles a Triton kernel or runs an autotune benchmark", is_flag=True),
+    Option("dtype", "--ssd-dtype", _dtypes, ("fp32", "fp16", "bf16"),
+           "model dtypes for the conformance suite: fp32, fp16, bf16 or a comma-separated list"),
+    Option("seed", "--ssd-seed", _seed, None, "base seed for all random inputs (default: random, printed)"),
+    Option("report", "--ssd-report", _path, None, "write a JSON report (warmups, cold events, environment) here"),
+    Option("kernel", "--ssd-kernel", _entry_point, DEFAULT_KERNEL, "SSD entry point under test, module:callable"),
+    Option("kernel_api", "--ssd-kernel-api", _choice(KERNEL_APIS), "auto",
+           "call style of --ssd-kernel: vllm (packed varlen), mamba_ssm (batched), or auto (from its signature)"),
+    Option("warmup", "--ssd-warmup", _entry_point, DEFAULT_WARMUP,
+           "warmup for --ssd-kernel, module:callable, called as warmup(layer)"),
+    Option("device", "--ssd-device", _choice(DEVICES), "auto", "where kernels run: auto (cuda if available), cpu, cuda"),
+    Option("compile_only", "--ssd-compile-only", _target, None,
+           "run the whole session in Triton compile-only mode for this target (e.g. cuda:90): kernels compile, nothing executes"),
+    Option("persist_autotune", "--ssd-persist-autotune", _path, None,
+           "Triton cache dir with persisted autotune results (Triton 3.4+), shared safely by xdist workers"),
+    Option("max_spike", "--ssd-max-spike", _ratio, 1.5,
+           "largest first-call / steady-state latency ratio the GPU latency checks accept"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    require_warm: bool = False
+    dtype: tuple = ("fp32", "fp16", "bf16")
+    seed: int = 0
+    seed_was_given: bool = False
+    report: Optional[str] = None
+    kernel: str = DEFAULT_KERNEL
+    kernel_api: str = "auto"
+    warmup: str = DEFAULT_WARMUP
+    device: str = "auto"
+    compile_only: Optional[str] = None
+    persist_autotune: Optional[str] = None
+    max_spike: float = 1.5
+    sources: dict = field(default_factory=dict)  # option name -> "cli" | "env" | "ini" | "default"
+
+    def describe(self) -> list:
+        """Lines for the report header: every effective setting and where it came from."""
+        def show(name: str) -> str:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            return f"{name}={value} ({self.sources.get(name, 'default')})"
+
+        return [
+            "pytest-ssd: " + ", ".join(show(n) for n in ("require_warm", "device", "compile_only", "dtype")),
+            f"pytest-ssd: seed={self.seed} ({'given' if self.seed_was_given else 'random'}; "
+            f"reproduce with --ssd-seed={self.seed}), kernel={self.kernel} ({self.kernel_api}), warmup={self.warmup}",
+            "pytest-ssd: " + ", ".join(show(n) for n in ("report", "persist_autotune", "max_spike")),
+        ]
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ssd", "pytest-ssd: Mamba2 SSD kernel correctness and warmth")
+    for opt in OPTIONS:
+        if opt.is_flag:
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest, help=opt.help)
+        else:
+            group.addoption(opt.flag, action="store", default=None, dest=opt.dest, metavar=opt.name.upper(),
+                            help=f"{opt.help} [env {opt.env}, ini {opt.ini}]")
+        parser.addini(opt.ini, help=opt.help, default=None)
+
+
+def resolve(config: pytest.Config, environ: Optional[dict] = None) -> Settings:
+    """Effective settings: CLI > environment > ini > default. Bad values raise UsageError."""
+    environ = os.environ if environ is None else environ
+    values, sources = {}, {}
+    for opt in OPTIONS:
+        raw, source = config.getoption(opt.dest), "cli"
+        if raw is None and environ.get(opt.env) not in (None, ""):
+            raw, source = environ[opt.env], "env"
+        if raw is None and config.getini(opt.ini) not in (None, ""):
+            raw, source = config.getini(opt.ini), "ini"
+        if raw is None:
+            values[opt.name], sources[opt.name] = opt.default, "default"
+            continue
+        try:
+            values[opt.name] = True if (opt.is_flag and raw is True) else opt.parse(raw)
+        except ValueError as e:
+            where = {"cli": opt.flag, "env": f"environment variable {opt.env}", "ini": f"ini option {opt.ini}"}[source]
+            raise pytest.UsageError(f"pytest-ssd: bad value {raw!r} for {where}: {e}") from None
+        sources[opt.name] = source
+    seed_given = values["seed"] is not None
+    if not seed_given:
+        values["seed"] = random.SystemRandom().randrange(2**31)
+    return Settings(**values, seed_was_given=seed_given, sources=sources)
+
+
+def load_callable(spec: str, what: str) -> Callable:
+    """Import ``module:attr``; a clear UsageError when it does not import or is not callable."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:  # any import-time error of user code is a configuration problem
+        raise pytest.UsageError(f"pytest-ssd: {what} {spec!r}: module {module_name!r} does not import: "
+                                f"{type(e).__name__}: {e}") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise pytest.UsageError(f"pytest-ssd: {what} {spec!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise pytest.UsageError(f"pytest-ssd: {what} {spec!r} is not callable (got {type(obj).__name__})")
+    return obj

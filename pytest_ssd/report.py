@@ -1,0 +1,163 @@
+"""What a pytest-ssd session found, per worker, mergeable across xdist workers.
+
+Plain JSON-able records (no torch, no triton), so a worker can ship its part to the xdist
+controller through ``workeroutput`` and the controller can merge, print and write them.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class WarmupRecord:
+    """One run of the configured warmup for one layer configuration."""
+
+    layer: str  # one-line description of the layer config
+    seconds: float
+    compiles: int  # in-memory JIT misses during the warmup
+    compiled_fresh: int  # of which really compiled (not from Triton's disk cache)
+    autotunes: int  # autotune keys benchmarked (or loaded from the persisted cache)
+    autotunes_persisted: int
+    binaries: list = field(default_factory=list)  # describe() lines
+    persisted_caches: bool = False  # --ssd-persist-autotune was on
+
+
+@dataclass
+class ColdRecord:
+    """Compiles/autotunes seen during one test phase."""
+
+    nodeid: str
+    phase: str  # "setup" (reported only) or "call" (fails under require-warm)
+    outcome: str  # "failed" (enforced), "allowed" (ssd_allow_cold), "reported"
+    seconds: float
+    lines: list = field(default_factory=list)  # one explained line per event
+    allow_reason: Optional[str] = None
+
+
+@dataclass
+class LatencyRecord:
+    nodeid: str
+    name: str
+    first_ms: float
+    steady_median_ms: float
+    steady_iqr_ms: float
+    ratio: float
+    timer: str  # "cuda-events" or "wall-clock"
+    first_call_events: list = field(default_factory=list)
+
+
+@dataclass
+class WorkerReport:
+    worker: str  # "main" without xdist, else "gw0", ...
+    gpu: Optional[str] = None
+    warmups: list = field(default_factory=list)  # WarmupRecord
+    cold: list = field(default_factory=list)  # ColdRecord
+    latency: list = field(default_factory=list)  # LatencyRecord
+    unused_binaries: list = field(default_factory=list)  # describe() lines
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WorkerReport":
+        return cls(
+            worker=data["worker"],
+            gpu=data.get("gpu"),
+            warmups=[WarmupRecord(**w) for w in data.get("warmups", [])],
+            cold=[ColdRecord(**c) for c in data.get("cold", [])],
+            latency=[LatencyRecord(**r) for r in data.get("latency", [])],
+            unused_binaries=list(data.get("unused_binaries", [])),
+        )
+
+
+@dataclass
+class SessionReport:
+    seed: int
+    settings: dict
+    environment: dict = field(default_factory=dict)
+    workers: list = field(default_factory=list)  # WorkerReport
+
+    def totals(self) -> dict:
+        warmups = [w for wr in self.workers for w in wr.warmups]
+        cold = [c for wr in self.workers for c in wr.cold]
+        return {
+            "workers": len(self.workers),
+            "warmups": len(warmups),
+            "warmup_seconds": round(sum(w.seconds for w in warmups), 3),
+            "warmup_binaries": sum(w.compiles for w in warmups),
+            "cold_tests_failed": sum(1 for c in cold if c.outcome == "failed"),
+            "cold_events_call": sum(len(c.lines) for c in cold if c.phase == "call"),
+            "cold_events_setup": sum(len(c.lines) for c in cold if c.phase == "setup"),
+            "unused_binaries": sum(len(wr.unused_binaries) for wr in self.workers),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "settings": self.settings,
+            "environment": self.environment,
+            "totals": self.totals(),
+            "workers": [w.to_dict() for w in self.workers],
+        }
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=False, default=str)
+
+    def summary_lines(self) -> list:
+        """The terminal summary: warmups per worker, cold events by test, unused binaries."""
+        lines = []
+        for wr in sorted(self.workers, key=lambda w: w.worker):
+            where = f"{wr.worker}" + (f" (GPU {wr.gpu})" if wr.gpu is not None else "")
+            for w in wr.warmups:
+                persisted = " [persisted caches]" if w.persisted_caches else ""
+                lines.append(
+                    f"warmup {where}: {w.layer}: {w.seconds:.2f}s, {w.compiles} binaries "
+                    f"({w.compiled_fresh} compiled, {w.compiles - w.compiled_fresh} from disk), "
+                    f"{w.autotunes} autotune keys ({w.autotunes_persisted} persisted){persisted}"
+                )
+            for c in wr.cold:
+                tag = {"failed": "COLD (failed)", "allowed": f"cold (allowed: {c.allow_reason})",
+                       "reported": "compiled in fixture (reported)"}[c.outcome]
+                lines.append(f"{tag} {c.nodeid} [{c.phase}, {where}] {c.seconds:.2f}s:")
+                lines.extend("    " + line for line in c.lines)
+            for r in wr.latency:
+                lines.append(
+                    f"latency {where} {r.nodeid} {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
+                    f"(IQR {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
+                )
+            if wr.unused_binaries:
+                lines.append(f"unused warm binaries {where}: {len(wr.unused_binaries)}")
+                lines.extend("    " + line for line in wr.unused_binaries)
+        t = self.totals()
+        lines.append(
+            f"total: {t['workers']} worker(s), {t['warmups']} warmup(s) {t['warmup_seconds']:.2f}s "
+            f"{t['warmup_binaries']} binaries; cold: {t['cold_tests_failed']} test(s) failed, "
+            f"{t['cold_events_call']} call-phase and {t['cold_events_setup']} fixture event(s); "
+            f"{t['unused_binaries']} unused warm binaries"
+        )
+        return lines
+
+
+def environment() -> dict:
+    """Versions and devices, read where they are (torch/triton imported lazily)."""
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["cuda_available"] = torch.cuda.is_available()
+        if env["cuda_available"]:
+            env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        env["torch"] = None
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    return env

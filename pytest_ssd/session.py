@@ -1,0 +1,158 @@
+"""Per-process state of a pytest-ssd session: settings, the warm set, warmups, the worker report.
+
+Kept apart from the pytest hooks so the hooks stay thin. torch/triton are imported lazily: a
+session that never touches a kernel never imports them.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+import zlib
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Optional
+
+from .options import DEFAULT_KERNEL, Settings, load_callable
+from .report import WarmupRecord, WorkerReport
+
+
+def test_seed(base_seed: int, nodeid: str) -> int:
+    """A per-test seed: stable for a test whatever order or worker runs it."""
+    return (base_seed + zlib.crc32(nodeid.encode())) % (2**31)
+
+
+def layer_description(layer: Any) -> str:
+    """One line naming a layer configuration (its scalar fields; tensors left out)."""
+    parts = []
+    for f in fields(layer):
+        value = getattr(layer, f.name)
+        if f.name == "seed" or hasattr(value, "shape"):
+            continue
+        parts.append(f"{f.name}={str(value).replace('torch.', '')}")
+    return "Mixer2Layer(" + ", ".join(parts) + ")"
+
+
+@contextlib.contextmanager
+def file_lock(path: str):
+    """An exclusive advisory lock, so xdist workers sharing a Triton cache dir take turns warming."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass
+class Mode:
+    """What this session can do with kernels."""
+
+    device: str  # "cpu" or "cuda"
+    compile_only: Optional[str]  # session-wide compile-only target, or None
+    coverage_target: Optional[str]  # target for warmup-coverage checks on CPU (compile-only), or None on GPU
+
+    @property
+    def computes_results(self) -> bool:
+        return self.compile_only is None
+
+
+class SSDSession:
+    """Everything a process of a pytest-ssd session keeps."""
+
+    def __init__(self, settings: Settings, worker: str, gpu: Optional[str]) -> None:
+        self.settings = settings
+        self.report = WorkerReport(worker=worker, gpu=gpu)
+        self._warm_events: list = []  # every event seen in this process: the warm set
+        self._warmups: dict = {}
+        self._kernel = None
+        self._warmup_fn: Optional[Callable] = None
+        self._mode: Optional[Mode] = None
+        self.compile_only_stack = contextlib.ExitStack()
+
+    # ---- mode -----------------------------------------------------------------------------
+    @property
+    def mode(self) -> Mode:
+        if self._mode is None:
+            self._mode = self._resolve_mode()
+        return self._mode
+
+    def _resolve_mode(self) -> Mode:
+        s = self.settings
+        if s.compile_only:
+            return Mode(device="cpu", compile_only=s.compile_only, coverage_target=s.compile_only)
+        import torch
+
+        device = s.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return Mode(device=device, compile_only=None, coverage_target=None if device == "cuda" else "cuda:90")
+
+    # ---- the kernel and its warmup ----------------------------------------------------------
+    @property
+    def kernel(self):
+        if self._kernel is None:
+            from .adapters import SSDKernel, detect_api
+
+            s = self.settings
+            if s.kernel != DEFAULT_KERNEL and self.mode.device == "cpu" and not self.mode.compile_only:
+                # A third-party kernel can only run on CPU through Triton's interpreter, which
+                # Triton reads when the kernel is decorated: set it before importing it.
+                os.environ.setdefault("TRITON_INTERPRET", "1")
+            fn = load_callable(s.kernel, "--ssd-kernel")
+            api = detect_api(fn) if s.kernel_api == "auto" else s.kernel_api
+            if api is None:
+                import pytest
+
+                raise pytest.UsageError(
+                    f"pytest-ssd: cannot tell the API style of --ssd-kernel {s.kernel}: it has neither "
+                    f"'cu_chunk_seqlens' (vLLM) nor 'return_final_states' (mamba_ssm); pass --ssd-kernel-api"
+                )
+            self._kernel = SSDKernel(fn=fn, api=api, name=s.kernel)
+        return self._kernel
+
+    @property
+    def warmup_fn(self) -> Callable:
+        if self._warmup_fn is None:
+            self.kernel  # the kernel's module first: TRITON_INTERPRET is set before either imports
+            self._warmup_fn = load_callable(self.settings.warmup, "--ssd-warmup")
+        return self._warmup_fn
+
+    def warm(self, layer: Any):
+        """Run the configured warmup once for this layer configuration; returns its Recording."""
+        from .events import record_triton
+
+        key = layer_description(layer)
+        if key in self._warmups:
+            return self._warmups[key]
+        persist = self.settings.persist_autotune
+        lock = file_lock(os.path.join(persist, ".pytest-ssd-warmup.lock")) if persist else contextlib.nullcontext()
+        with lock, record_triton() as rec:
+            start = time.perf_counter()
+            self.warmup_fn(layer)
+            seconds = time.perf_counter() - start
+        self._warmups[key] = rec
+        self.add_warm(rec.events)
+        compiles = rec.compiles
+        autotunes = rec.autotunes
+        self.report.warmups.append(WarmupRecord(
+            layer=key, seconds=round(seconds, 4), compiles=len(compiles),
+            compiled_fresh=sum(1 for e in compiles if e.source != "disk"),
+            autotunes=len(autotunes), autotunes_persisted=sum(1 for e in autotunes if e.source == "persisted"),
+            binaries=[e.describe() for e in compiles], persisted_caches=bool(persist),
+        ))
+        return rec
+
+    # ---- the warm set and explanations --------------------------------------------------------
+    def add_warm(self, events: list) -> None:
+        self._warm_events.extend(events)
+
+    def explain(self, events: list) -> list:
+        """One line per cold event: the binary and why the warm set did not have it."""
+        from .coverage import compare
+        from .events import Recording
+
+        report = compare(Recording(events=list(self._warm_events)), Recording(events=list(events)))
+        reasons = {id(ev): reason for ev, reason in report.missing}
+        return [f"{ev.describe()} -- {reasons.get(id(ev), 'not in the warm set')}" for ev in events]
