@@ -1,0 +1,20 @@
+"""The kernel under test matches the float64 reference: whole output and final states."""
+import pytest
+import torch
+
+from pytest_ssd.suite.cases import CORRECTNESS_CASES
+
+
+@pytest.mark.parametrize("case", CORRECTNESS_CASES, ids=lambda c: c.name)
+def test_matches_reference(case, ssd_dtype, ssd_mode, mixer2_layer, ssd_inputs, ssd_kernel, ssd_warmup,
+                           ssd_reference, ssd_assert_close):
+    if not ssd_mode.computes_results:
+        pytest.skip(f"compile-only mode ({ssd_mode.compile_only}): kernels compile but do not run, "
+                    f"so there are no results to compare")
+    scale = "gpu" if ssd_mode.device == "cuda" else "small"
+    layer = mixer2_layer(**case.layer_kwargs(scale, ssd_dtype))
+    ssd_warmup(layer)  # the numbers that count are the warmed kernel's
+    inputs = ssd_inputs(layer, case.seqlens[scale], with_initial_states=case.initial_states, with_z=case.z)
+    out, states = ssd_kernel.run(layer, inputs)  # into a NaN-poisoned buffer, after warmup
+    ref_out, ref_states = ssd_reference(**inputs.reference_kwargs(layer), output_dtype=torch.float64)
+    ssd_assert_close(out, states, ref_out, ref_states, dtype=ssd_dtype, cu_seqlens=inputs.cu_seqlens)
