@@ -47,7 +47,8 @@ def check_shape(name: str, tensor: torch.Tensor, dims: Sequence[Dim], sizes: dic
 
 
 def _fmt_dtype(dtype: object) -> str:
-    return str(dtype).replace("torch.", "")
+    # repr for a non-dtype, so the string "float32" does not read like the dtype float32
+    return str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else repr(dtype)
 
 
 def check_dtype(name: str, tensor: torch.Tensor, allowed: Iterable[torch.dtype]) -> None:
