@@ -98,12 +98,76 @@ def triton_events():
 
 
 @pytest.fixture
-def ssd_assert_close(ssd_seed) -> Callable:
+def ssd_assert_close(request, ssd_seed) -> Callable:
     """``ssd_assert_close(out, states, ref_out, ref_states, dtype=..., cu_seqlens=...)`` with this test's seed."""
     from .assertions import assert_ssd_close
 
+    base = ssd_session(request.config).settings.seed
+    how = f"{ssd_seed} (this test's, from --ssd-seed={base} and its id; rerun it with --ssd-seed={base})"
+
     def check(*args, **kwargs):
-        kwargs.setdefault("seed", ssd_seed)
+        kwargs.setdefault("seed", how)
         return assert_ssd_close(*args, **kwargs)
 
     return check
+
+
+@pytest.fixture
+def ssd_coverage_check(pytestconfig) -> Callable:
+    """``ssd_coverage_check(warm_recording, workload, what=...)``: run ``workload()`` and fail if it
+    compiles or autotunes anything, each event explained against the process's warm set.
+    """
+    session = ssd_session(pytestconfig)
+
+    def check(warm, workload: Callable, what: str = "workload") -> None:
+        from .events import record_triton
+
+        if session.kernel_interpreted:
+            pytest.skip(f"{session.settings.kernel} runs under Triton's interpreter on CPU, where nothing compiles; "
+                        f"check warmup coverage with --ssd-compile-only cuda:90 (or on a GPU)")
+        with record_triton() as rec:
+            workload()
+        if rec.events:
+            lines = session.explain(rec.events)
+            session.add_warm(rec.events)
+            pytest.fail(f"{what}: {len(rec.events)} Triton compile/autotune event(s) after warmup "
+                        f"({len(warm.events)} event(s) in the warmup):\n  " + "\n  ".join(lines), pytrace=False)
+
+    return check
+
+
+@pytest.fixture
+def ssd_latency(request, ssd_mode) -> Callable:
+    """``ssd_latency(fn, input_sets, name=..., max_ratio=None)`` -> LatencyResult, filed in the report.
+
+    With ``max_ratio`` it asserts (see :func:`pytest_ssd.latency.assert_no_latency_spike`): a cold
+    first call always fails; the ratio fails only with device timings on a GPU.
+    """
+    from .latency import assert_no_latency_spike, measure_latency
+    from .report import LatencyRecord
+
+    session = ssd_session(request.config)
+    device = torch_device(ssd_mode.device)
+
+    def measure(fn: Callable, input_sets, *, name: str = None, max_ratio: float = None, **kwargs):
+        if max_ratio is None:
+            result = measure_latency(fn, input_sets, device=device, name=name, **kwargs)
+        else:
+            try:
+                result = assert_no_latency_spike(fn, input_sets, device=device, name=name, max_ratio=max_ratio,
+                                                 **kwargs)
+            except AssertionError as e:
+                pytest.fail(str(e), pytrace=False)
+        session.report.latency.append(LatencyRecord(
+            nodeid=request.node.nodeid, name=result.name, first_ms=round(result.first_ms, 4),
+            steady_median_ms=round(result.steady_median_ms, 4), steady_iqr_ms=round(result.steady_iqr_ms, 4),
+            ratio=round(result.ratio, 3), timer=result.timer, first_call_events=result.first_call_events))
+        return result
+
+    return measure
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)

@@ -109,12 +109,30 @@ def pytest_report_header(config: pytest.Config) -> list:
     return ssd_session(config).settings.describe()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``ssd_dtype`` runs a test once per model dtype of ``--ssd-dtype``."""
+    if "ssd_dtype" in metafunc.fixturenames:
+        import torch
+
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        names = ssd_session(metafunc.config).settings.dtype
+        metafunc.parametrize("ssd_dtype", [dtypes[n] for n in names], ids=list(names))
+
+
 # ---- warm enforcement ----------------------------------------------------------------------
 
 def _watched(item: pytest.Item) -> bool:
     settings = ssd_session(item.config).settings
     return bool(settings.require_warm or settings.report or item.get_closest_marker("ssd_requires_warm")
                 or item.get_closest_marker("ssd_allow_cold"))
+
+
+SSD_FIXTURES = ("mixer2_layer", "triton_events")
+
+
+def _uses_ssd(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return _watched(item) or any(n.startswith("ssd_") or n in SSD_FIXTURES for n in names)
 
 
 def _enforced(item: pytest.Item) -> bool:
@@ -184,7 +202,7 @@ def pytest_runtest_call(item: pytest.Item):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
-    if report.failed:
+    if report.failed and _uses_ssd(item):
         seed = ssd_session(item.config).settings.seed
         report.sections.append(("pytest-ssd", f"seed {seed}: reproduce with --ssd-seed={seed} {item.nodeid}"))
     return report
@@ -216,9 +234,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     if SESSION_KEY not in config.stash or _worker_id(config) is not None:
         return
-    report = _session_report(config)
-    if not any(w.warmups or w.cold or w.latency for w in report.workers):
+    session = ssd_session(config)
+    own = session.report
+    if not (own.warmups or own.cold or own.latency or config.stash[CONTROLLER_KEY]):
         return
+    report = _session_report(config)
     terminalreporter.section("pytest-ssd")
     for line in report.summary_lines():
         terminalreporter.write_line(line)

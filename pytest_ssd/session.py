@@ -89,6 +89,12 @@ class SSDSession:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return Mode(device=device, compile_only=None, coverage_target=None if device == "cuda" else "cuda:90")
 
+    @property
+    def kernel_interpreted(self) -> bool:
+        """A third-party kernel on CPU runs under Triton's interpreter: it never compiles."""
+        mode = self.mode
+        return self.settings.kernel != DEFAULT_KERNEL and mode.device == "cpu" and not mode.compile_only
+
     # ---- the kernel and its warmup ----------------------------------------------------------
     @property
     def kernel(self):
@@ -96,7 +102,7 @@ class SSDSession:
             from .adapters import SSDKernel, detect_api
 
             s = self.settings
-            if s.kernel != DEFAULT_KERNEL and self.mode.device == "cpu" and not self.mode.compile_only:
+            if self.kernel_interpreted:
                 # A third-party kernel can only run on CPU through Triton's interpreter, which
                 # Triton reads when the kernel is decorated: set it before importing it.
                 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -121,9 +127,11 @@ class SSDSession:
 
     def warm(self, layer: Any):
         """Run the configured warmup once for this layer configuration; returns its Recording."""
+        from .compile_only import compile_only_active
         from .events import record_triton
 
-        key = layer_description(layer)
+        # Compile-only binaries live under a device of their own: warm each mode separately.
+        key = layer_description(layer) + (" [compile-only]" if compile_only_active() else "")
         if key in self._warmups:
             return self._warmups[key]
         persist = self.settings.persist_autotune

@@ -1,0 +1,160 @@
+"""The plugin loads, its options resolve CLI > env > ini > default, bad values are usage errors."""
+import json
+
+import pytest
+
+PRINT_SETTINGS = """
+    import json
+    def test_settings(ssd_settings, ssd_seed):
+        print("SETTINGS=" + json.dumps({"dtype": ssd_settings.dtype, "seed": ssd_settings.seed,
+                                        "device": ssd_settings.device, "sources": ssd_settings.sources,
+                                        "test_seed": ssd_seed}))
+"""
+
+
+def _settings(result) -> dict:
+    for line in result.outlines:
+        if "SETTINGS=" in line:
+            return json.loads(line.split("SETTINGS=", 1)[1])
+    raise AssertionError("inner test printed no settings:\n" + "\n".join(result.outlines))
+
+
+def test_entry_point_loads_plugin(pytester):
+    pytester.makepyfile("def test_ok(ssd_settings): assert ssd_settings.seed >= 0")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pytest-ssd: require_warm=False*", "pytest-ssd: seed=*reproduce with --ssd-seed=*"])
+
+
+def test_dash_p_with_entry_point_is_not_registered_twice(pytester):
+    pytester.makepyfile("def test_ok(ssd_settings): pass")
+    result = pytester.runpytest_subprocess("-p", "pytest_ssd")
+    result.assert_outcomes(passed=1)
+    assert "already registered" not in result.stderr.str() + result.stdout.str()
+
+
+def test_dash_p_without_autoload(pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makepyfile("def test_ok(ssd_settings, mixer2_layer): pass")
+    result = pytester.runpytest_subprocess("-p", "pytest_ssd")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pytest-ssd: seed=*"])
+
+
+def test_precedence_cli_over_env_over_ini(pytester, monkeypatch):
+    pytester.makeini("[pytest]\nssd_dtype = fp16\nssd_seed = 11\nssd_device = cpu\n")
+    pytester.makepyfile(PRINT_SETTINGS)
+    monkeypatch.setenv("PYTEST_SSD_SEED", "22")
+    result = pytester.runpytest("-s", "--ssd-seed", "33")
+    got = _settings(result)
+    assert got["seed"] == 33 and got["sources"]["seed"] == "cli"
+    assert got["dtype"] == ["fp16"] and got["sources"]["dtype"] == "ini"
+    monkeypatch.setenv("PYTEST_SSD_DTYPE", "bf16,fp32")
+    got = _settings(pytester.runpytest("-s"))
+    assert got["seed"] == 22 and got["sources"]["seed"] == "env"
+    assert got["dtype"] == ["bf16", "fp32"] and got["sources"]["dtype"] == "env"
+
+
+def test_test_seed_is_reproducible_from_the_base_seed(pytester):
+    pytester.makepyfile(PRINT_SETTINGS)
+    first = _settings(pytester.runpytest("-s", "--ssd-seed", "1234"))
+    second = _settings(pytester.runpytest("-s", "--ssd-seed", "1234"))
+    other = _settings(pytester.runpytest("-s", "--ssd-seed", "1235"))
+    assert first["test_seed"] == second["test_seed"] != other["test_seed"]
+
+
+def test_random_seed_is_printed_and_reusable(pytester):
+    pytester.makepyfile(PRINT_SETTINGS)
+    result = pytester.runpytest("-s")
+    got = _settings(result)
+    result.stdout.fnmatch_lines([f"*seed={got['seed']} (random; reproduce with --ssd-seed={got['seed']})*"])
+
+
+def test_failure_message_names_the_seed(pytester):
+    pytester.makepyfile("def test_fails(ssd_seed): assert False")
+    result = pytester.runpytest("--ssd-seed", "77")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*pytest-ssd*", "*seed 77: reproduce with --ssd-seed=77*"])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--ssd-dtype", "fp8"], "accepted: one or more of fp32, fp16, bf16"),
+        (["--ssd-seed", "-3"], "accepted: a non-negative integer"),
+        (["--ssd-device", "tpu"], "accepted: auto, cpu, cuda"),
+        (["--ssd-kernel", "no_colon_here"], "accepted: 'package.module:callable'"),
+        (["--ssd-compile-only", "sm90"], "accepted: cuda:80, cuda:90, cuda:100, hip:gfx942"),
+        (["--ssd-kernel-api", "jax"], "accepted: auto, vllm, mamba_ssm"),
+        (["--ssd-max-spike", "0.5"], "accepted: a number > 1"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(pytester, args, expected):
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert expected in result.stderr.str()
+
+
+def test_bad_env_value_names_the_variable(pytester, monkeypatch):
+    pytester.makepyfile("def test_ok(): pass")
+    monkeypatch.setenv("PYTEST_SSD_REQUIRE_WARM", "sometimes")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "environment variable PYTEST_SSD_REQUIRE_WARM" in result.stderr.str()
+
+
+def test_kernel_that_does_not_import_is_a_clear_error(pytester):
+    pytester.makepyfile("def test_k(ssd_kernel): pass")
+    result = pytester.runpytest("--ssd-kernel", "no_such_module_xyz:fn")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*--ssd-kernel 'no_such_module_xyz:fn': module 'no_such_module_xyz' does not import*"])
+
+
+def test_kernel_attribute_missing_is_a_clear_error(pytester):
+    pytester.makepyfile(mykernels="def other(): pass")
+    pytester.makepyfile("def test_k(ssd_kernel): pass")
+    result = pytester.runpytest("--ssd-kernel", "mykernels:ssd")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*'mykernels' has no attribute 'ssd'*"])
+
+
+def test_kernel_api_autodetect_and_override(pytester):
+    pytester.makepyfile(mykernels="""
+        def vllm_style(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_indices, seq_idx, out):
+            pass
+        def mamba_style(x, dt, A, B, C, chunk_size, D=None, return_final_states=False):
+            pass
+        def unknown(x):
+            pass
+    """)
+    pytester.makepyfile("def test_k(ssd_kernel): print('API=' + ssd_kernel.api)")
+    pytester.runpytest("-s", "--ssd-kernel", "mykernels:vllm_style").stdout.fnmatch_lines(["*API=vllm*"])
+    pytester.runpytest("-s", "--ssd-kernel", "mykernels:mamba_style").stdout.fnmatch_lines(["*API=mamba_ssm*"])
+    pytester.runpytest("-s", "--ssd-kernel", "mykernels:unknown", "--ssd-kernel-api", "vllm").stdout.fnmatch_lines(
+        ["*API=vllm*"])
+    result = pytester.runpytest("--ssd-kernel", "mykernels:unknown")
+    result.stdout.fnmatch_lines(["*cannot tell the API style*pass --ssd-kernel-api*"])
+
+
+def test_markers_are_registered(pytester):
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["*ssd_allow_cold(reason)*", "*ssd_requires_warm*"])
+
+
+def test_strict_markers_accept_ours(pytester):
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.ssd_allow_cold(reason="x")
+        def test_a(): pass
+        @pytest.mark.ssd_requires_warm
+        def test_b(): pass
+    """)
+    pytester.runpytest("--strict-markers").assert_outcomes(passed=2)
+
+
+def test_compile_targets_match_compile_only():
+    from pytest_ssd.compile_only import TARGETS
+    from pytest_ssd.options import COMPILE_TARGETS
+
+    assert COMPILE_TARGETS == TARGETS

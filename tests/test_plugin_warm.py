@@ -1,0 +1,138 @@
+"""--ssd-require-warm, the markers, fixture compiles, reports and xdist, in real inner sessions.
+
+The inner sessions run a small Triton kernel in compile-only mode (``--ssd-compile-only
+cuda:90``): real Triton compiles for sm_90 on this CPU, so every event is genuine.
+"""
+import json
+
+import pytest
+
+KERNEL_TESTS = """
+    import pytest
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def scale_kernel(x_ptr, n, FLAG: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs, mask=offs < n)
+        if FLAG:
+            x = x * 2
+        tl.store(x_ptr + offs, x, mask=offs < n)
+
+    def launch(flag, n=64):
+        x = torch.randn(n)
+        scale_kernel[(1,)](x, n, FLAG=flag, BLOCK=64)
+
+    @pytest.fixture
+    def warmed():
+        launch(False)
+
+    def test_warm(warmed):
+        launch(False)
+
+    def test_cold(warmed):
+        launch(True)
+
+    @pytest.mark.ssd_allow_cold(reason="first use of n=33")
+    def test_allowed(warmed):
+        launch(False, n=33)
+"""
+
+
+def _run(pytester, *args):
+    pytester.makepyfile(test_kernels=KERNEL_TESTS)
+    return pytester.runpytest("--ssd-compile-only", "cuda:90", "-p", "no:cacheprovider", *args)
+
+
+def test_cold_compile_passes_without_the_flag(pytester):
+    result = _run(pytester)
+    result.assert_outcomes(passed=3)
+
+
+def test_require_warm_fails_only_the_cold_test_and_names_kernel_and_reason(pytester):
+    result = _run(pytester, "--ssd-require-warm")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "*test_cold*",
+        "*pytest-ssd: 1 Triton compile/autotune event(s) in the call phase after warmup*",
+        "*scale_kernel[[]FLAG=True, BLOCK=64[]]*FLAG=True*never warmed*",
+    ])
+    # The fixture compile is reported, not failed; the allowed test is reported with its reason.
+    result.stdout.fnmatch_lines(["*compiled in fixture (reported)*test_warm*"])
+    result.stdout.fnmatch_lines(["*cold (allowed: first use of n=33)*test_allowed*"])
+
+
+def test_marker_opts_in_without_the_flag(pytester):
+    pytester.makepyfile(test_kernels=KERNEL_TESTS.replace("def test_cold(", "@pytest.mark.ssd_requires_warm\n    def test_cold("))
+    result = pytester.runpytest("--ssd-compile-only", "cuda:90", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*FAILED*test_cold*"])
+
+
+def test_json_report_has_cold_events_seed_and_environment(pytester):
+    report = pytester.path / "ssd.json"
+    result = _run(pytester, "--ssd-require-warm", "--ssd-seed", "99", f"--ssd-report={report}")
+    result.assert_outcomes(passed=2, failed=1)
+    data = json.loads(report.read_text())
+    assert data["seed"] == 99
+    assert data["environment"]["triton"] and data["environment"]["torch"]
+    cold = [c for w in data["workers"] for c in w["cold"]]
+    failed = [c for c in cold if c["outcome"] == "failed"]
+    assert [c["nodeid"] for c in failed] == ["test_kernels.py::test_cold"]
+    assert "FLAG=True" in failed[0]["lines"][0]
+    assert data["totals"]["cold_tests_failed"] == 1
+
+
+def test_xdist_workers_merge_into_one_summary_and_report(pytester):
+    report = pytester.path / "ssd.json"
+    pytester.makepyfile(test_kernels=KERNEL_TESTS)
+    result = pytester.runpytest_subprocess("-n", "2", "--ssd-compile-only", "cuda:90", "--ssd-require-warm",
+                                           "--ssd-seed", "5", f"--ssd-report={report}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    data = json.loads(report.read_text())
+    workers = {w["worker"] for w in data["workers"]}
+    assert workers <= {"gw0", "gw1"} and workers, workers
+    cold = [c for w in data["workers"] for c in w["cold"]]
+    # every test's fixture compiled in its own worker or was warm; exactly one call-phase failure
+    assert sum(c["outcome"] == "failed" for c in cold) == 1 == data["totals"]["cold_tests_failed"]
+    assert data["totals"]["cold_events_call"] == sum(len(c["lines"]) for c in cold if c["phase"] == "call")
+    result.stdout.fnmatch_lines(["*pytest-ssd*", "*total:*worker(s)*1 test(s) failed*"])
+    assert "seed=5" in result.stdout.str()
+
+
+def test_fixture_compiles_never_fail(pytester):
+    pytester.makepyfile(test_kernels=KERNEL_TESTS + """
+    def test_only_fixture(warmed):
+        pass
+""")
+    result = pytester.runpytest("--ssd-compile-only", "cuda:90", "--ssd-require-warm", "-p", "no:cacheprovider",
+                                "-k", "only_fixture")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*compiled in fixture (reported)*test_only_fixture*"])
+
+
+@pytest.mark.parametrize("worker, gpus, expected", [
+    ("gw0", ["0", "1"], "0"), ("gw1", ["0", "1"], "1"), ("gw2", ["0", "1"], "0"),
+    ("gw3", ["4", "5", "6"], "4"), ("gw1", ["0"], None), ("gw0", [], None),
+])
+def test_gpu_placement_round_robin(worker, gpus, expected):
+    from pytest_ssd.placement import gpu_for_worker
+
+    assert gpu_for_worker(worker, gpus) == expected
+
+
+def test_visible_gpus_respects_the_users_list():
+    from pytest_ssd.placement import visible_gpus
+
+    assert visible_gpus("2, 3", 8) == ["2", "3"]
+    assert visible_gpus(None, 2) == ["0", "1"]
+    assert visible_gpus("", 4) == []
+
+
+def test_placement_rejects_non_worker_ids():
+    from pytest_ssd.placement import worker_index
+
+    with pytest.raises(ValueError, match="worker_id: expected an xdist worker id like 'gw0', got 'main'"):
+        worker_index("main")
