@@ -6,9 +6,12 @@ event recorder follow below it.
 """
 from __future__ import annotations
 
+import sys
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import triton
 
@@ -64,9 +67,9 @@ def kernel_pair(
 
     ``do_not_specialize`` names integer arguments Triton must not specialize on (==1, %16):
     a runtime length there would otherwise compile a new binary per divisibility class.
-    ``autotune_configs``/``autotune_key`` wrap the compiled kernel in ``triton.autotune``; the
-    interpreted kernel gets the same configs with a CPU benchmark (Triton 3.3+ accepts
-    ``do_bench=``; on 3.2 it keeps the first config only).
+    ``autotune_configs``/``autotune_key`` wrap both kernels in an autotuner (:func:`autotune`);
+    the interpreted kernel benchmarks on CPU (Triton 3.3+: 3.2's interpreter rejects the launch
+    options a ``triton.Config`` passes).
     """
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
@@ -75,13 +78,8 @@ def kernel_pair(
     compiled = JITFunction(fn, do_not_specialize=dns)
     interpreted = InterpretedFunction(fn, do_not_specialize=dns)
     if autotune_configs:
-        configs = list(autotune_configs)
-        key = list(autotune_key)
-        compiled = triton.autotune(configs=configs, key=key)(compiled)
-        if version_at_least(3, 3):
-            interpreted = triton.autotune(configs=configs, key=key, do_bench=_cpu_do_bench)(interpreted)
-        else:
-            interpreted = triton.autotune(configs=configs[:1], key=key)(interpreted)
+        compiled = autotune(compiled, autotune_configs, autotune_key)
+        interpreted = autotune(interpreted, autotune_configs, autotune_key, do_bench=_cpu_do_bench)
     return KernelPair(compiled=compiled, interpreted=interpreted)
 
 
@@ -93,3 +91,590 @@ def base_jit_function(kernel: Any) -> Any:
     while not isinstance(fn, JITFunction) and hasattr(fn, "fn"):
         fn = fn.fn
     return fn
+
+
+# --------------------------------------------------------------------------------------
+# Autotuning that can be defined without a GPU.
+# --------------------------------------------------------------------------------------
+
+def bench_with_active_driver(kernel_call: Callable, quantiles: Sequence[float] = (0.5, 0.2, 0.8)) -> Any:
+    """Benchmark with the driver active *now*: what Triton 3.4+ does by default.
+
+    3.2/3.3 fetch the benchmarker once, when the kernel is defined; that fails without a GPU
+    and would pin a kernel to the driver of that moment (e.g. compile-only's fake one).
+    """
+    from triton.runtime.driver import driver
+
+    return driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+
+
+def autotune(
+    fn: Any,
+    configs: Sequence[Any],
+    key: Sequence[str],
+    *,
+    do_bench: Callable | None = None,
+    cache_results: bool = False,
+) -> Any:
+    """``triton.autotune(configs=..., key=...)(fn)`` that works on CPU on every Triton 3.2-3.9.
+
+    ``cache_results=True`` persists tuning results in Triton's cache dir (Triton 3.4+ only).
+    The ``Autotuner`` is built directly because 3.2's ``triton.autotune`` drops ``do_bench``.
+    """
+    from triton.runtime.autotuner import Autotuner
+
+    options: dict[str, Any] = {}
+    if do_bench is not None:
+        options["do_bench"] = do_bench
+    elif not version_at_least(3, 4):
+        options["do_bench"] = bench_with_active_driver
+    if cache_results:
+        if not version_at_least(3, 4):
+            raise ValueError(f"cache_results=True needs Triton >= 3.4; installed: {triton.__version__}")
+        options["cache_results"] = True
+    return Autotuner(fn, fn.arg_names, list(configs), list(key), None, None, **options)
+
+
+# --------------------------------------------------------------------------------------
+# Hook adapters: observe in-memory JIT misses and autotune benchmarks, Triton 3.2 to 3.9.
+#
+# Only miss paths are touched. Triton's JIT hooks fire on an in-memory cache miss; the
+# Autotuner methods wrapped here (prune_configs, _bench, check_disk_cache) run only when an
+# autotuner's in-memory cache misses. JITFunction.run and Autotuner.run stay untouched, so a
+# warm launch costs exactly what it costs without us.
+#
+# | what                   | 3.2-3.3                                  | 3.4-3.9                           |
+# |------------------------|------------------------------------------|-----------------------------------|
+# | JIT miss, before/after | JITFunction.cache_hook / compiled_hook   | knobs.runtime.jit_cache_hook /    |
+# |                        |                                          | jit_post_compile_hook             |
+# | compiled vs disk hit   | put_group on the compile's cache manager | knobs.compilation.listener        |
+# | autotune benchmark     | Autotuner.prune_configs + _bench         | same, + check_disk_cache          |
+#
+# knobs.autotuning.listener (3.8+) is deliberately not used: while it is set, Triton's
+# Autotuner.run crashes for interpreted kernels (it walks `.fn` looking for a JITFunction),
+# and the wrappers above give the same facts on every version.
+# --------------------------------------------------------------------------------------
+
+_MISSING = object()
+_INT_TYPES = frozenset({"i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"})
+
+
+@dataclass
+class _Live:
+    """Whether one installed wrapper still acts. A wrapper someone else chained and that we
+    could not take out stays in their chain switched off: it then only passes through."""
+
+    on: bool = True
+
+
+@dataclass
+class _Patch:
+    """One attribute we replaced, and how to put the original back."""
+
+    owner: Any
+    name: str
+    saved: Any
+    ours: Any
+    live: _Live
+
+    @classmethod
+    def apply(cls, owner: Any, name: str, make: Callable[[Any, _Live], Any]) -> "_Patch":
+        """Set ``owner.name = make(current value, live)``."""
+        live = _Live()
+        saved = vars(owner).get(name, _MISSING)
+        ours = make(getattr(owner, name, None), live)
+        setattr(owner, name, ours)
+        return cls(owner, name, saved, ours, live)
+
+    @property
+    def in_place(self) -> bool:
+        return vars(self.owner).get(self.name, _MISSING) is self.ours
+
+    def undo(self) -> None:
+        self.live.on = False
+        if not self.in_place:  # replaced by someone after us: theirs stays
+            return
+        if self.saved is _MISSING:
+            delattr(self.owner, self.name)
+        else:
+            setattr(self.owner, self.name, self.saved)
+
+
+@dataclass(eq=False)
+class _Observer:
+    on_compile: Callable[[dict], None] | None
+    on_autotune: Callable[[dict], None] | None
+    on_tune_start: Callable[[Any, tuple], None] | None
+
+
+@dataclass
+class _PendingCompile:
+    """A JIT miss between Triton's before- and after-compile hooks (one thread)."""
+
+    key: Any
+    started: float
+    int_values: dict[str, int] | None
+    source: str | None = None
+
+
+@dataclass
+class _PendingTune:
+    """An autotuner miss between prune_configs and its last benchmark (one thread)."""
+
+    tuner: Any
+    key_values: dict[str, Any]
+    key_dtypes: dict[str, str]
+    n_configs: int
+    started: float
+    results: list = field(default_factory=list)
+    in_disk_check: bool = False
+
+
+_lock = threading.Lock()
+_observers: list[_Observer] = []
+_compile_patches: list[_Patch] = []  # while an observer wants compiles
+_tune_patches: list[_Patch] = []  # while any observer is registered
+_persisted_autotune_writes = True
+_local = threading.local()
+
+
+def observe_triton(
+    *,
+    on_compile: Callable[[dict], None] | None = None,
+    on_autotune: Callable[[dict], None] | None = None,
+    on_tune_start: Callable[[Any, tuple], None] | None = None,
+) -> Callable[[], None]:
+    """Call back on every JIT miss and autotune benchmark in this process; return ``stop``.
+
+    ``on_compile(fields)`` gets the fields of :class:`pytest_ssd.events.CompileEvent`
+    (without ``compile_only``); ``on_autotune(fields)`` those of ``AutotuneEvent``;
+    ``on_tune_start(autotuner, key)`` fires when an autotuner misses its in-memory cache.
+    Callbacks run on the thread that compiled, outside any lock of ours.
+
+    Compile hooks are in place while some observer wants compiles, chaining whatever hook
+    was set before; they are put back when the last such observer stops. A hook that someone
+    set over ours in the meantime (torch, vLLM) is chained anew by the next observer.
+    """
+    observer = _Observer(on_compile, on_autotune, on_tune_start)
+    with _lock:
+        _observers.append(observer)
+        _sync_patches()
+
+    def stop() -> None:
+        with _lock:
+            if observer in _observers:
+                _observers.remove(observer)
+                _sync_patches()
+
+    return stop
+
+
+def _sync_patches() -> None:
+    _sync(_compile_patches, any(o.on_compile for o in _observers), _compile_patch_specs)
+    _sync(_tune_patches, bool(_observers), _tune_patch_specs)
+
+
+def _sync(patches: list[_Patch], needed: bool, specs: Callable[[], list]) -> None:
+    if not needed:
+        while patches:
+            patches.pop().undo()
+        return
+    if not patches:
+        patches.extend(_Patch.apply(*spec) for spec in specs())
+        return
+    makers = {(id(owner), name): make for owner, name, make in specs()}
+    for i, patch in enumerate(patches):
+        if not patch.in_place:  # someone set their own over ours: chain theirs, switch ours off
+            patch.live.on = False
+            patches[i] = _Patch.apply(patch.owner, patch.name, makers[(id(patch.owner), patch.name)])
+
+
+def _compile_patch_specs() -> list[tuple[Any, str, Callable]]:
+    if version_at_least(3, 4):
+        from triton import knobs
+
+        return [(knobs.runtime, "jit_cache_hook", _before_compile_hook),
+                (knobs.runtime, "jit_post_compile_hook", _after_compile_hook),
+                (knobs.compilation, "listener", _compilation_listener)]
+    import triton.compiler.compiler as compiler_module
+    from triton.runtime.jit import JITFunction
+
+    return [(JITFunction, "cache_hook", _before_compile_hook),
+            (JITFunction, "compiled_hook", _after_compile_hook),
+            (compiler_module, "get_cache_manager", _cache_manager_spy)]
+
+
+def _tune_patch_specs() -> list[tuple[Any, str, Callable]]:
+    from triton.runtime.autotuner import Autotuner
+
+    specs = [(Autotuner, "prune_configs", _prune_configs_spy), (Autotuner, "_bench", _bench_spy)]
+    if hasattr(Autotuner, "check_disk_cache"):
+        specs.append((Autotuner, "check_disk_cache", _disk_cache_spy))
+    return specs
+
+
+def _emit(kind: str, *args: Any) -> None:
+    with _lock:
+        callbacks = [getattr(o, kind) for o in _observers]
+    for callback in callbacks:
+        if callback is not None:
+            callback(*args)
+
+
+def _pending_compiles() -> list[_PendingCompile]:
+    if not hasattr(_local, "compiles"):
+        _local.compiles = []
+    return _local.compiles
+
+
+def _pending_tunes() -> dict[int, _PendingTune]:
+    if not hasattr(_local, "tunes"):
+        _local.tunes = {}
+    return _local.tunes
+
+
+# -- JIT misses ---------------------------------------------------------------------------
+
+def _before_compile_hook(prior: Callable | None, live: _Live) -> Callable:
+    def before_compile(*args: Any, **kwargs: Any) -> Any:
+        skip = prior(*args, **kwargs) if prior is not None else None
+        if not skip and live.on:  # a truthy answer from the chained hook cancels the compile
+            jit_fn = kwargs["fn"].jit_function
+            _pending_compiles().append(_PendingCompile(kwargs["key"], time.perf_counter(), _bound_int_args(jit_fn)))
+        return skip
+
+    return before_compile
+
+
+def _after_compile_hook(prior: Callable | None, live: _Live) -> Callable:
+    def after_compile(*args: Any, **kwargs: Any) -> Any:
+        result = prior(*args, **kwargs) if prior is not None else None
+        if live.on:
+            _emit("on_compile", _compile_fields(kwargs, _pop_pending(kwargs["key"])))
+        return result
+
+    return after_compile
+
+
+def _compilation_listener(prior: Callable | None, live: _Live) -> Callable:
+    def listener(*args: Any, **kwargs: Any) -> Any:
+        pending = _pending_compiles()
+        if live.on and pending and pending[-1].source is None:
+            pending[-1].source = "disk" if kwargs.get("cache_hit") else "compiled"
+        return prior(*args, **kwargs) if prior is not None else None
+
+    return listener
+
+
+def _cache_manager_spy(prior: Callable, live: _Live) -> Callable:
+    """3.2/3.3: a compile that stores a binary group compiled it; one that does not loaded it."""
+
+    def get_cache_manager(*args: Any, **kwargs: Any) -> Any:
+        manager = prior(*args, **kwargs)
+        pending = _pending_compiles()
+        if live.on and pending and pending[-1].source is None:
+            current = pending[-1]
+            current.source = "disk"
+            put_group = manager.put_group
+
+            def put_group_marking(*a: Any, **kw: Any) -> Any:
+                current.source = "compiled"
+                return put_group(*a, **kw)
+
+            manager.put_group = put_group_marking
+        return manager
+
+    return get_cache_manager
+
+
+def _pop_pending(key: Any) -> _PendingCompile | None:
+    stack = _pending_compiles()
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i].key == key:
+            found = stack[i]
+            del stack[i:]  # entries above it belong to compiles that raised
+            return found
+    return None
+
+
+def _bound_int_args(jit_fn: Any) -> dict[str, int] | None:
+    """Integer arguments of the launch being compiled, read from ``JITFunction.run``'s frame.
+
+    Only runs on a miss. None where the frame is not there (e.g. ``preload``).
+    """
+    from triton.runtime.jit import JITFunction
+
+    run_code = JITFunction.run.__code__
+    frame = sys._getframe(2)
+    for _ in range(16):
+        if frame is None:
+            break
+        if frame.f_code is run_code and frame.f_locals.get("self") is jit_fn:
+            bound = frame.f_locals.get("bound_args")
+            if not isinstance(bound, dict):
+                return None
+            values = {p.name: bound.get(p.name) for p in jit_fn.params if not p.is_constexpr}
+            return {name: v for name, v in values.items() if isinstance(v, int) and not isinstance(v, bool)}
+        frame = frame.f_back
+    return None
+
+
+def _compile_fields(hook_kwargs: dict, pending: _PendingCompile | None) -> dict:
+    from triton.runtime.driver import driver
+
+    info = hook_kwargs["compile"]
+    jit_fn = hook_kwargs["fn"].jit_function
+    read = _read_specialization if version_at_least(3, 3) else _read_specialization_32
+    constexprs, signature, specializations = read(jit_fn, info)
+    target = driver.active.get_current_target()
+    return {
+        "kernel": jit_fn.fn.__qualname__,
+        "module": jit_fn.fn.__module__,
+        "constexprs": constexprs,
+        "signature": signature,
+        "specializations": specializations,
+        "int_values": pending.int_values if pending else None,
+        "num_warps": int(info["num_warps"]),
+        "num_stages": int(info["num_stages"]),
+        "target": f"{target.backend}:{target.arch}",
+        "source": (pending.source or "unknown") if pending else "unknown",
+        "seconds": time.perf_counter() - pending.started if pending else None,
+    }
+
+
+def _read_specialization(jit_fn: Any, info: dict) -> tuple[dict, dict, dict]:
+    """3.3+: constants and attributes arrive keyed by argument path ``(i,)``."""
+    signature_in, constants = info["signature"], info["constants"]
+    attrs = info["configs"][0] if info["configs"] else {}
+    constexprs: dict[str, Any] = {}
+    signature: dict[str, str] = {}
+    specs: dict[str, str] = {}
+    for p in jit_fn.params:
+        path = (p.num,)
+        if p.is_constexpr:
+            constexprs[p.name] = jsonable(constants.get(path))
+        elif signature_in.get(p.name) == "constexpr":  # Triton made a constant of it: ==1 or None
+            signature[p.name], specs[p.name] = _constant_arg(constants.get(path))
+        else:
+            ty = signature_in.get(p.name)
+            signature[p.name] = ty if isinstance(ty, str) else str(ty)
+            divisible = any(a[0] == "tt.divisibility" for a in attrs.get(path, ()))
+            spec = _arg_spec(p, signature[p.name], divisible)
+            if spec:
+                specs[p.name] = spec
+    return constexprs, signature, specs
+
+
+def _read_specialization_32(jit_fn: Any, info: dict) -> tuple[dict, dict, dict]:
+    """3.2: constants by name; divisibility as argument indices in an AttrsDescriptor."""
+    signature_in, constants = info["signature"], info["constants"]
+    properties = info["configs"][0].arg_properties if info["configs"] else {}
+    divisible_at = set(properties.get("tt.divisibility", ()))
+    constexprs: dict[str, Any] = {}
+    signature: dict[str, str] = {}
+    specs: dict[str, str] = {}
+    for p in jit_fn.params:
+        if p.is_constexpr:
+            constexprs[p.name] = jsonable(constants.get(p.name))
+        elif p.name in constants:
+            signature[p.name], specs[p.name] = _constant_arg(constants[p.name])
+        else:
+            signature[p.name] = str(signature_in.get(p.name))
+            spec = _arg_spec(p, signature[p.name], p.num in divisible_at)
+            if spec:
+                specs[p.name] = spec
+    return constexprs, signature, specs
+
+
+def _constant_arg(value: Any) -> tuple[str, str]:
+    """Signature type and specialization of an argument Triton compiled in as a constant."""
+    if value is None:
+        return "none", "None"
+    return ("i32", "==1") if value == 1 else (type(value).__name__, f"={value}")
+
+
+def _arg_spec(param: Any, ty: str, divisible: bool) -> str | None:
+    """``==1``/``%16``/``none`` for integers, ``aligned``/``unaligned`` for pointers."""
+    if ty.startswith("*"):
+        if param.do_not_specialize or param.do_not_specialize_on_alignment:
+            return "nospec"
+        return "aligned" if divisible else "unaligned"
+    if ty in _INT_TYPES:
+        if param.do_not_specialize:
+            return "nospec"
+        return "%16" if divisible else "none"
+    return None
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe, process-independent rendering of a kernel argument or constexpr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if hasattr(value, "value") and type(value).__name__ == "constexpr":
+        return jsonable(value.value)
+    if hasattr(value, "fn") and hasattr(value, "module"):  # a JITFunction passed as constexpr
+        return f"{value.module}:{value.fn.__qualname__}"
+    return str(value)
+
+
+# -- Autotune misses ----------------------------------------------------------------------
+
+def named_tuning_key(tuner: Any, kwargs: dict) -> tuple[tuple, dict[str, Any], dict[str, str]]:
+    """The autotune key exactly as ``Autotuner.run`` builds it, plus the same facts by name.
+
+    Triton's key is ``[values of key args] + [str(dtype) for each tensor arg]``.
+    """
+    all_args = {**(tuner.nargs or {}), **kwargs}
+    args = {k: v for k, v in all_args.items() if k in tuner.arg_names}
+    values = [args[k] for k in tuner.keys if k in args]
+    dtypes = {k: str(v.dtype) for k, v in args.items() if hasattr(v, "dtype")}
+    named_values = {k: jsonable(args[k]) for k in tuner.keys if k in args}
+    return tuple(values + list(dtypes.values())), named_values, dtypes
+
+
+def _prune_configs_spy(prior: Callable, live: _Live) -> Callable:
+    def prune_configs(self: Any, kwargs: dict, *args: Any, **kw: Any) -> Any:
+        pruned = prior(self, kwargs, *args, **kw)
+        if live.on:
+            key, values, dtypes = named_tuning_key(self, kwargs)
+            _pending_tunes()[id(self)] = _PendingTune(self, values, dtypes, len(pruned), time.perf_counter())
+            if key not in self.cache:  # Autotuner.warmup prunes too, without a miss
+                _emit("on_tune_start", self, key)
+        return pruned
+
+    return prune_configs
+
+
+def _bench_spy(prior: Callable, live: _Live) -> Callable:
+    def _bench(self: Any, *args: Any, config: Any, **meta: Any) -> Any:
+        timing = prior(self, *args, config=config, **meta)
+        pending = _pending_tunes().get(id(self)) if live.on else None
+        if pending is not None and pending.tuner is self:
+            pending.results.append((config, timing))
+            if not pending.in_disk_check and len(pending.results) == pending.n_configs:
+                # Triton picks the first config of least timing: min() over configs in order.
+                _finish_tune(pending, "benchmarked", min(pending.results, key=lambda r: r[1])[0])
+        return timing
+
+    return _bench
+
+
+def _disk_cache_spy(prior: Callable, live: _Live) -> Callable:
+    def check_disk_cache(self: Any, tuning_key: Any, configs: Any, bench_fn: Callable, *args: Any, **kw: Any) -> Any:
+        if not live.on:
+            return prior(self, tuning_key, configs, bench_fn, *args, **kw)
+        pending = _pending_tunes().get(id(self))
+        if pending is not None:
+            pending.in_disk_check = True
+        if _persisted_autotune_writes:
+            hit = prior(self, tuning_key, configs, bench_fn, *args, **kw)
+        else:
+            hit = _check_disk_cache_read_only(prior, self, tuning_key, configs, bench_fn, *args, **kw)
+        if pending is not None and pending.tuner is self:
+            _finish_tune(pending, "persisted" if hit else "benchmarked", self.cache.get(tuning_key))
+        return hit
+
+    return check_disk_cache
+
+
+class _SkipPersist(Exception):
+    """Raised right after benchmarking to stop check_disk_cache before it writes."""
+
+
+def _check_disk_cache_read_only(prior: Callable, tuner: Any, tuning_key: Any, configs: Any, bench_fn: Callable,
+                                *args: Any, **kw: Any) -> bool:
+    """Load persisted results if there are any; never store new ones.
+
+    In 3.4-3.9 ``check_disk_cache`` returns on a hit and otherwise benchmarks, then writes:
+    stopping it right after the benchmark leaves the autotuner exactly as after a miss.
+    """
+    def bench_then_stop() -> None:
+        bench_fn()
+        raise _SkipPersist
+
+    try:
+        return prior(tuner, tuning_key, configs, bench_then_stop, *args, **kw)
+    except _SkipPersist:
+        return False
+
+
+def _finish_tune(pending: _PendingTune, source: str, winner: Any) -> None:
+    _pending_tunes().pop(id(pending.tuner), None)
+    base = pending.tuner.base_fn
+    _emit("on_autotune", {
+        "kernel": base.__qualname__,
+        "module": base.__module__,
+        "key_values": pending.key_values,
+        "key_dtypes": pending.key_dtypes,
+        "configs_benchmarked": len(pending.results),
+        "winner": config_fields(winner) if winner is not None else None,
+        "source": source,
+        "seconds": time.perf_counter() - pending.started,
+    })
+
+
+def config_fields(config: Any) -> dict:
+    """A ``triton.Config`` as JSON: its kwargs, num_warps and num_stages."""
+    return {"kwargs": jsonable(dict(config.kwargs)), "num_warps": config.num_warps,
+            "num_stages": config.num_stages}
+
+
+# --------------------------------------------------------------------------------------
+# Compile-only support: swapping the driver, and autotuning against a fake one.
+# --------------------------------------------------------------------------------------
+
+# What a fake driver's ``utils.load_binary`` returns: (module, function, n_regs, n_spills[,
+# n_max_threads]); 3.4+ added the thread limit.
+LOADED_BINARY_STUB: tuple = (None, None, 0, 0, 1024) if version_at_least(3, 4) else (None, None, 0, 0)
+
+
+def swap_active_driver(new: Any) -> Callable[[], None]:
+    """Make ``new`` Triton's active driver; return a function that puts the previous one back.
+
+    Restores the saved object itself: ``reset_active()`` would build the default driver,
+    which raises without a GPU from 3.5 on.
+    """
+    from triton.runtime.driver import driver as config
+
+    slot = "_active" if "_active" in vars(config) else "active"  # 3.5+ keeps it private
+    saved = vars(config)[slot]
+    setattr(config, slot, new)
+    return lambda: setattr(config, slot, saved)
+
+
+@contextmanager
+def autotune_with_active_driver(*, persist: bool) -> Iterator[None]:
+    """While active, every Autotuner benchmarks with ``driver.active``.
+
+    3.4+ caches the benchmarker per autotuner on first use, 3.2/3.3 when the kernel is
+    defined: without this, compile-only mode would either benchmark on a real GPU or leave
+    its fake benchmarker behind. Unless ``persist``, Triton's persisted autotune results
+    (``cache_results``, 3.4+) are read but never written, so fake timings stay out of the
+    cache dir. Needs an active :func:`observe_triton` observer for that part.
+    """
+    global _persisted_autotune_writes
+    from triton.runtime.autotuner import Autotuner
+
+    def benchmarker(_tuner: Any) -> Callable:
+        from triton.runtime.driver import driver
+
+        return driver.active.get_benchmarker()
+
+    def keep_instance_benchmarker(tuner: Any, value: Any) -> None:
+        # 3.2/3.3 assign do_bench in __init__: keep a lazy one rather than the fake itself.
+        from triton.runtime.driver import driver
+
+        fake = value is driver.active.get_benchmarker()
+        tuner.__dict__["do_bench"] = bench_with_active_driver if fake else value
+
+    patch = _Patch.apply(Autotuner, "do_bench", lambda _prior, _live: property(benchmarker, keep_instance_benchmarker))
+    _persisted_autotune_writes = persist
+    try:
+        yield
+    finally:
+        _persisted_autotune_writes = True
+        patch.undo()

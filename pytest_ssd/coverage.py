@@ -1,0 +1,198 @@
+"""Did the warmup cover the workload? ``compare(warmup, workload) -> CoverageReport``.
+
+After a good warmup the workload's recording is empty. Each compile or autotune event it
+does hold is something the warmup did not provide; the report explains each one in words by
+diffing it against the nearest warmed binary (or autotune key) of the same kernel.
+
+``unused`` lists warmed binaries and autotune keys the workload does not need. That is only
+knowable from a recording of the workload that saw *everything* it needs, i.e. one taken
+from a cold start (a fresh process, or fresh kernel objects under compile-only):
+pass it as ``workload_cold``. Without it ``unused`` is None (unknown).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+from .events import AutotuneEvent, CompileEvent, Event, Recording
+
+_SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64",
+                 "float8_e4m3fn": "fp8e4nv", "float8_e5m2": "fp8e5", "int8": "i8", "int16": "i16",
+                 "int32": "i32", "int64": "i64", "uint8": "u8", "bool": "i1"}
+_INT_SPECS = {"none": "not divisible by 16", "%16": "divisible by 16",
+              "==1": "equal to 1 (compiled in as a constant)", "nospec": "not specialized"}
+
+
+class Miss(NamedTuple):
+    """A workload event the warmup did not provide, and why."""
+
+    event: Event
+    reason: str
+
+
+@dataclass(frozen=True)
+class CoverageReport:
+    """``missing``: one :class:`Miss` per workload event. ``unused``: warmed binaries and
+    autotune keys the cold workload did not need (None when no cold recording was given)."""
+
+    missing: list[Miss]
+    unused: list[Event] | None
+    warmed_binaries: int
+    warmed_autotune_keys: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def format(self) -> str:
+        """Multi-line text for a terminal or a test failure."""
+        warm = f"warmup: {self.warmed_binaries} binaries, {self.warmed_autotune_keys} autotune keys"
+        if self.ok:
+            lines = [f"Triton coverage OK: the workload compiled and autotuned nothing ({warm})."]
+        else:
+            compiles = sum(isinstance(m.event, CompileEvent) for m in self.missing)
+            lines = [f"Triton coverage FAILED: {compiles} compiles and {len(self.missing) - compiles} "
+                     f"autotunes after warmup ({warm}):"]
+            for miss in self.missing:
+                lines.append(f"  {miss.event.kind:<8} {miss.event.describe()}")
+                lines.append(f"  {'':<8} why: {miss.reason}")
+        if self.unused is None:
+            lines.append("Unused warm binaries: unknown (pass workload_cold, a recording of the workload "
+                         "from a cold start).")
+        elif self.unused:
+            lines.append(f"Warmed but not needed by the workload ({len(self.unused)}):")
+            lines.extend(f"  {e.kind:<8} {e.describe()}" for e in self.unused)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "missing": [{"event": m.event.to_dict(), "reason": m.reason} for m in self.missing],
+            "unused": None if self.unused is None else [e.to_dict() for e in self.unused],
+            "warmed_binaries": self.warmed_binaries,
+            "warmed_autotune_keys": self.warmed_autotune_keys,
+        }
+
+
+def compare(warmup: Recording, workload: Recording, workload_cold: Recording | None = None) -> CoverageReport:
+    """Explain every event of ``workload`` (recorded after the warmup) against ``warmup``.
+
+    ``workload_cold``: the same workload recorded from a cold start; enables ``unused``.
+    """
+    binaries, keys = warmup.binaries(), warmup.autotune_keys()
+    missing = [Miss(e, _why_compiled(e, list(binaries.values()), warmup) if isinstance(e, CompileEvent)
+                    else _why_tuned(e, list(keys.values()), warmup)) for e in workload.events]
+    unused = None
+    if workload_cold is not None:
+        needed = set(workload_cold.binaries()) | set(workload_cold.autotune_keys())
+        unused = [e for identity, e in {**binaries, **keys}.items() if identity not in needed]
+    return CoverageReport(missing, unused, len(binaries), len(keys))
+
+
+def _same_kernel(event: Event, candidates: Sequence[Event]) -> list:
+    return [c for c in candidates if (c.module, c.kernel) == (event.module, event.kernel)]
+
+
+def _never_warmed(event: Event, warmup: Recording) -> str:
+    if not _same_kernel(event, warmup.events):
+        return "kernel never warmed"
+    if isinstance(event, CompileEvent):
+        return "no binary of this kernel was compiled during warmup (it was only autotuned there)"
+    return "kernel compiled during warmup but never autotuned"
+
+
+def _values(values: list[Any]) -> str:
+    distinct = list(dict.fromkeys(str(v) for v in values))
+    return ", ".join(distinct)
+
+
+# -- compiles ------------------------------------------------------------------------------
+
+def _why_compiled(event: CompileEvent, warmed: list[CompileEvent], warmup: Recording) -> str:
+    same = _same_kernel(event, warmed)
+    if not same:
+        return _never_warmed(event, warmup)
+    if any(b.identity == event.identity for b in same):
+        return ("identical binary was warmed, yet compiled again: the warmup ran in another process, "
+                "on another device, or on another kernel object")
+    nearest = min(same, key=lambda b: len(_compile_diffs(event, b)))
+    return "; ".join(_explain(event, nearest, same, diff) for diff in _compile_diffs(event, nearest))
+
+
+def _compile_diffs(event: CompileEvent, warm: CompileEvent) -> list[tuple[str, str]]:
+    diffs = [("constexpr", n) for n in dict.fromkeys([*event.constexprs, *warm.constexprs])
+             if event.constexprs.get(n) != warm.constexprs.get(n)]
+    types = [n for n in event.signature if event.signature[n] != warm.signature.get(n)]
+    diffs += [("type", n) for n in types]
+    diffs += [("spec", n) for n in event.specializations
+              if n not in types and event.specializations[n] != warm.specializations.get(n)]
+    diffs += [(f, f) for f in ("num_warps", "num_stages", "target") if getattr(event, f) != getattr(warm, f)]
+    return diffs
+
+
+def _explain(event: CompileEvent, nearest: CompileEvent, same: list[CompileEvent], diff: tuple[str, str]) -> str:
+    kind, name = diff
+    if kind == "constexpr":
+        value = event.constexprs.get(name)
+        warmed = [b.constexprs.get(name) for b in same]
+        if value in warmed:
+            return (f"constexpr {name}={value} warmed only with other arguments "
+                    f"(nearest warmed binary had {nearest.constexprs.get(name)})")
+        return f"constexpr {name}={value} never warmed (warmup had {_values(warmed)})"
+    if kind == "type":
+        return f"{name}: {event.signature[name]} vs {nearest.signature.get(name)} in warmup"
+    if kind == "spec":
+        return _explain_spec(event, nearest, name)
+    return f"{name} {getattr(event, name)} vs {getattr(nearest, name)} in warmup"
+
+
+def _explain_spec(event: CompileEvent, nearest: CompileEvent, name: str) -> str:
+    spec, warm_spec = event.specializations[name], nearest.specializations.get(name)
+    if spec in ("aligned", "unaligned"):
+        return (f"{name}: pointer not 16-byte aligned" if spec == "unaligned"
+                else f"{name}: pointer 16-byte aligned; warmup's was not")
+    value = (event.int_values or {}).get(name)
+    warm_value = (nearest.int_values or {}).get(name)
+    shown = f"{name}={value}" if value is not None else name
+    warm = (f"warmup used {warm_value}" if warm_value is not None
+            else f"warmup's was {_INT_SPECS.get(warm_spec, warm_spec)}")
+    return f"{shown} {_INT_SPECS.get(spec, spec)}; {warm}"
+
+
+# -- autotunes -----------------------------------------------------------------------------
+
+def _short_dtype(dtype: str | None) -> str:
+    name = (dtype or "none").removeprefix("torch.")
+    return _SHORT_DTYPES.get(name, name)
+
+
+def _tune_diffs(event: AutotuneEvent, warm: AutotuneEvent) -> list[tuple[str, str]]:
+    diffs = [("value", n) for n in dict.fromkeys([*event.key_values, *warm.key_values])
+             if event.key_values.get(n) != warm.key_values.get(n)]
+    return diffs + [("dtype", n) for n in dict.fromkeys([*event.key_dtypes, *warm.key_dtypes])
+                    if event.key_dtypes.get(n) != warm.key_dtypes.get(n)]
+
+
+def _why_tuned(event: AutotuneEvent, warmed: list[AutotuneEvent], warmup: Recording) -> str:
+    same = _same_kernel(event, warmed)
+    if not same:
+        return _never_warmed(event, warmup)
+    if any(k.identity == event.identity for k in same):
+        return ("identical autotune key was tuned during warmup, yet tuned again: the warmup ran in another "
+                "process or on another autotuner object")
+    nearest = min(same, key=lambda k: len(_tune_diffs(event, k)))
+    reasons = []
+    for kind, name in _tune_diffs(event, nearest):
+        if kind == "value":
+            warmed_values = _values([k.key_values.get(name) for k in same])
+            reasons.append(f"new autotune key ({name}={event.key_values.get(name)}; warmup had {warmed_values})")
+        elif name not in nearest.key_dtypes:
+            reasons.append(f"{name} is a {_short_dtype(event.key_dtypes[name])} tensor; warmup passed no tensor "
+                           "there (one more dtype in the autotune key)")
+        elif name not in event.key_dtypes:
+            reasons.append(f"{name} passed no tensor; warmup passed {_short_dtype(nearest.key_dtypes[name])} "
+                           "(one dtype less in the autotune key)")
+        else:
+            reasons.append(f"dtype {_short_dtype(event.key_dtypes[name])} vs {_short_dtype(nearest.key_dtypes[name])}"
+                           f" in the autotune key ({name})")
+    return "; ".join(reasons)

@@ -1,0 +1,92 @@
+"""The parts of pytest_ssd.triton_compat that exist because Triton versions differ."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import triton
+from triton.runtime.driver import driver
+
+import kernels_for_tests as kt
+from pytest_ssd import triton_compat
+from pytest_ssd.compile_only import compile_only
+from pytest_ssd.events import Recording, record_triton
+
+CONFIGS = [triton.Config({"BLOCK": 32}), triton.Config({"BLOCK": 64})]
+
+
+_INTERPRET = f"""
+import json, sys, torch, triton
+sys.path.insert(0, {os.path.dirname(kt.__file__)!r})
+import kernels_for_tests as kt
+from pytest_ssd import triton_compat
+from pytest_ssd.events import Recording, record_triton
+configs = [triton.Config({{"BLOCK": 32}}), triton.Config({{"BLOCK": 64}})]
+pair = triton_compat.kernel_pair(kt.scale, autotune_configs=configs, autotune_key=["n"])
+torch.manual_seed(0)
+x, out = torch.randn(100), torch.randn(100)
+expected = out.clone()
+expected[:70] = 2 * x[:70]
+with record_triton() as rec:
+    pair.interpreted[(4,)](x, out, 70, 1, DOUBLE=True)
+print(json.dumps({{"equal": torch.equal(out, expected), "recording": rec.to_dict()}}))
+"""
+
+
+@pytest.mark.skipif(not triton_compat.version_at_least(3, 3),
+                    reason="Triton 3.2's interpreter rejects the launch options of an autotune Config")
+def test_autotuned_kernel_pair_builds_and_interprets_without_a_gpu():
+    # A process of its own: up to Triton 3.5 the interpreter patches triton.language for good,
+    # and compiling any kernel afterwards in that process fails.
+    done = subprocess.run([sys.executable, "-c", _INTERPRET], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["equal"]
+    (tune,) = Recording.from_dict(result["recording"]).events  # nothing compiles; every config is benchmarked
+    assert (tune.kind, tune.configs_benchmarked, tune.key_values) == ("autotune", 2, {"n": 70})
+    assert tune.winner is not None and tune.winner["kwargs"]["BLOCK"] in (32, 64)
+
+
+def test_autotuned_kernel_pair_compiles_every_config_in_compile_only(triton_cache_dir):
+    pair = triton_compat.kernel_pair(kt.scale, autotune_configs=CONFIGS, autotune_key=["n"])
+    torch.manual_seed(0)
+    with compile_only("cuda:90"), record_triton() as rec:
+        pair.compiled[(4,)](torch.randn(100), torch.randn(100), 70, 1, DOUBLE=True)
+    assert [e.kind for e in rec.events] == ["compile", "compile", "autotune"]
+    assert [e.constexprs["BLOCK"] for e in rec.compiles] == [32, 64]
+
+
+def test_persisting_autotune_results_needs_triton_3_4():
+    if triton_compat.version_at_least(3, 4):
+        assert triton_compat.autotune(kt.make_scale(), CONFIGS, ["n"], cache_results=True).cache_results
+    else:
+        with pytest.raises(ValueError, match="cache_results=True needs Triton >= 3.4; installed: 3."):
+            triton_compat.autotune(kt.make_scale(), CONFIGS, ["n"], cache_results=True)
+
+
+def test_swapping_the_driver_restores_the_very_object():
+    def slot():
+        return vars(driver).get("_active", vars(driver).get("active"))
+
+    before, fake = slot(), object()
+    restore = triton_compat.swap_active_driver(fake)
+    try:
+        assert slot() is fake
+    finally:
+        restore()
+    assert slot() is before
+
+
+def test_named_tuning_key_is_tritons_key():
+    tuner = kt.make_tuned_heads()
+    torch.manual_seed(0)
+    x, states, out = torch.randn(8), torch.randn(8).to(torch.bfloat16), torch.randn(8)
+    tuner.nargs = dict(zip(tuner.arg_names, (x, states, out, 40)))
+    key, values, dtypes = triton_compat.named_tuning_key(tuner, {"seqlen": 7})
+    assert key == (40, "torch.float32", "torch.bfloat16", "torch.float32")
+    assert values == {"nheads": 40}
+    assert dtypes == {"x_ptr": "torch.float32", "states_ptr": "torch.bfloat16", "out_ptr": "torch.float32"}
