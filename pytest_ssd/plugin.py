@@ -95,14 +95,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.compile_only:
         from .compile_only import compile_only
 
-        session.compile_only_stack.enter_context(compile_only(target=settings.compile_only))
+        session.cleanup.enter_context(compile_only(target=settings.compile_only))
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(), "pytest-ssd-xdist")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if SESSION_KEY in config.stash:
-        config.stash[SESSION_KEY].compile_only_stack.close()
+        config.stash[SESSION_KEY].cleanup.close()
 
 
 def pytest_report_header(config: pytest.Config) -> list:
@@ -235,8 +235,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if SESSION_KEY not in config.stash or _worker_id(config) is not None:
         return
     session = ssd_session(config)
-    own = session.report
-    if not (own.warmups or own.cold or own.latency or config.stash[CONTROLLER_KEY]):
+    if not any(w.warmups or w.cold or w.latency for w in [session.report, *config.stash[CONTROLLER_KEY]]):
         return
     report = _session_report(config)
     terminalreporter.section("pytest-ssd")

@@ -69,7 +69,7 @@ class SSDSession:
         self._kernel = None
         self._warmup_fn: Optional[Callable] = None
         self._mode: Optional[Mode] = None
-        self.compile_only_stack = contextlib.ExitStack()
+        self.cleanup = contextlib.ExitStack()  # closed at pytest_unconfigure
 
     # ---- mode -----------------------------------------------------------------------------
     @property
@@ -102,10 +102,12 @@ class SSDSession:
             from .adapters import SSDKernel, detect_api
 
             s = self.settings
-            if self.kernel_interpreted:
+            if self.kernel_interpreted and "TRITON_INTERPRET" not in os.environ:
                 # A third-party kernel can only run on CPU through Triton's interpreter, which
-                # Triton reads when the kernel is decorated: set it before importing it.
-                os.environ.setdefault("TRITON_INTERPRET", "1")
+                # Triton reads when the kernel is decorated: set it before importing it, and
+                # take it back when the session ends.
+                os.environ["TRITON_INTERPRET"] = "1"
+                self.cleanup.callback(os.environ.pop, "TRITON_INTERPRET", None)
             fn = load_callable(s.kernel, "--ssd-kernel")
             api = detect_api(fn) if s.kernel_api == "auto" else s.kernel_api
             if api is None:
