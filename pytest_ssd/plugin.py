@@ -143,8 +143,7 @@ def _enforced(item: pytest.Item) -> bool:
 def _record_phase(item: pytest.Item, phase: str, rec, seconds: float, test_failed: bool) -> Optional[str]:
     """File what a phase compiled; returns the failure message when it must fail the test."""
     session = ssd_session(item.config)
-    warmed_ids = {id(e) for w in session._warmups.values() for e in w.events}
-    events = [e for e in rec.events if id(e) not in warmed_ids]  # the warmup reports its own
+    events = session.outside_warmups(rec.events)  # the warmup reports its own
     if not events:
         return None
     lines = session.explain(events)

@@ -121,7 +121,8 @@ class SessionReport:
                 )
             for c in wr.cold:
                 tag = {"failed": "COLD (failed)", "allowed": f"cold (allowed: {c.allow_reason})",
-                       "reported": "compiled in fixture (reported)"}[c.outcome]
+                       "reported": "compiled in fixture (reported)" if c.phase == "setup"
+                       else "compiled in test (reported)"}[c.outcome]
                 lines.append(f"{tag} {c.nodeid} [{c.phase}, {where}] {c.seconds:.2f}s:")
                 lines.extend("    " + line for line in c.lines)
             for r in wr.latency:

@@ -154,6 +154,15 @@ class SSDSession:
         ))
         return rec
 
+    def outside_warmups(self, events: list) -> list:
+        """Drop events that a warmup of this session recorded (nested recordings see them too).
+
+        Every recording gets an equal event for one compile (same fields, same measured time), so
+        equality, not identity of the objects, tells them apart.
+        """
+        during_warmups = [e for rec in self._warmups.values() for e in rec.events]
+        return [e for e in events if e not in during_warmups]
+
     # ---- the warm set and explanations --------------------------------------------------------
     def add_warm(self, events: list) -> None:
         self._warm_events.extend(events)
