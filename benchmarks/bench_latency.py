@@ -1,0 +1,179 @@
+"""First-request latency and the warmup bill, per scenario, each in a fresh process (GPU).
+
+Scenarios (for every --kernel/--warmup pair given; default: the bundled kernel and warmup):
+  cold       no warmup, empty Triton cache: the first request pays every compile and autotune
+  warmup     warmup with an empty cache, then the first request and the steady state
+  persisted  warmup again in a new process with the cache dir primed by `warmup` and persisted
+             autotune results (TRITON_CACHE_AUTOTUNING=1, Triton 3.4+), then the first request
+
+Workload (the anchors'): Mamba2-2.7B-like layer, 80 heads x 64, dstate 128, 1 group, chunk 256,
+bf16 inputs, fp32 states; request = 4 sequences of 1000/2048/517/3000 tokens, first without
+then with initial states.
+
+    python benchmarks/bench_latency.py OUT.json [--kernel mod:fn --warmup mod:fn ...] [--plot OUT.png]
+    python benchmarks/bench_latency.py --plot OUT.png --from OUT.json      # plot a saved run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+REQUEST = [1000, 2048, 517, 3000]
+DEFAULT = ("pytest_ssd.kernels:mamba_chunk_scan_combined_varlen", "pytest_ssd.warmup:warmup_ssd_kernels")
+
+
+def child(kernel_spec: str, warmup_spec: str, scenario: str) -> dict:
+    """One scenario in this fresh process."""
+    import time
+
+    import torch
+
+    from pytest_ssd.adapters import SSDKernel, detect_api, poisoned_like
+    from pytest_ssd.events import record_triton
+    from pytest_ssd.latency import measure_latency
+    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from pytest_ssd.options import load_callable
+    from pytest_ssd.suite.cases import COVERAGE_LAYER
+
+    fn = load_callable(kernel_spec, "--kernel")
+    kernel = SSDKernel(fn=fn, api=detect_api(fn) or "vllm", name=kernel_spec)
+    layer = make_mixer2_layer(**COVERAGE_LAYER, dtype=torch.bfloat16, state_dtype=torch.float32, seed=0,
+                              device="cuda")
+    result: dict = {"scenario": scenario, "kernel": kernel_spec, "warmup": warmup_spec}
+    if scenario != "cold":
+        warmup = load_callable(warmup_spec, "--warmup")
+        torch.cuda.synchronize()
+        with record_triton() as rec:
+            start = time.perf_counter()
+            warmup(layer)
+            torch.cuda.synchronize()
+            result["warmup_s"] = round(time.perf_counter() - start, 3)
+        result["warmup_compiles"] = len(rec.compiles)
+        result["warmup_compiles_from_disk"] = sum(e.source == "disk" for e in rec.compiles)
+        result["warmup_autotunes"] = len(rec.autotunes)
+        result["warmup_autotunes_persisted"] = sum(e.source == "persisted" for e in rec.autotunes)
+    for init in (False, True):
+        sets = [(inputs, poisoned_like(inputs.x)) for inputs in
+                (make_ssd_inputs(layer, REQUEST, seed=10 + i, with_initial_states=init) for i in range(4))]
+        lat = measure_latency(lambda inputs, out: kernel.run(layer, inputs, out), sets,
+                              device=torch.device("cuda"), repeats=100, warmup_runs=10)
+        tag = "init" if init else "noinit"
+        result[f"first_ms_{tag}"] = round(lat.first_ms, 4)
+        result[f"first_compiles_{tag}"] = lat.first_call_compiles
+        result[f"first_autotunes_{tag}"] = lat.first_call_autotunes
+        result[f"first_events_{tag}"] = lat.first_call_events
+        result[f"steady_median_ms_{tag}"] = round(lat.steady_median_ms, 4)
+        result[f"steady_p20_p80_ms_{tag}"] = [round(lat.steady_p20_ms, 4), round(lat.steady_p80_ms, 4)]
+        result[f"ratio_{tag}"] = round(lat.ratio, 3)
+    return result
+
+
+def run_child(kernel: str, warmup: str, scenario: str, cache_dir: str, persist: bool, timeout: int) -> dict:
+    env = dict(os.environ, TRITON_CACHE_DIR=cache_dir, PYTHONUNBUFFERED="1")
+    env.pop("TRITON_CACHE_AUTOTUNING", None)
+    if persist:
+        env["TRITON_CACHE_AUTOTUNING"] = "1"
+    cmd = [sys.executable, __file__, "--child", scenario, "--kernel", kernel, "--warmup", warmup]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"scenario": scenario, "kernel": kernel, "error": f"timed out after {timeout}s"}
+    if proc.returncode != 0:
+        return {"scenario": scenario, "kernel": kernel, "error": proc.stderr[-3000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: list) -> str:
+    head = (f"{'kernel':<28} {'scenario':<10} {'warmup s':>8} {'compiles':>9} | {'1st ms':>9} {'cmp':>3} {'tune':>4} | "
+            f"{'1st init':>9} {'cmp':>3} | {'steady ms':>9} {'ratio':>6}")
+    rows = [head, "-" * len(head)]
+    for r in results:
+        name = r["kernel"].split(":")[-1][:28]
+        if "error" in r:
+            rows.append(f"{name:<28} {r['scenario']:<10} ERROR {r['error'].splitlines()[-1][:80] if r['error'] else ''}")
+            continue
+        warm = f"{r['warmup_s']:8.2f}" if "warmup_s" in r else f"{'-':>8}"
+        comp = (f"{r['warmup_compiles']:>4}({r['warmup_compiles_from_disk']}d)" if "warmup_compiles" in r
+                else f"{'-':>9}")
+        rows.append(f"{name:<28} {r['scenario']:<10} {warm} {comp:>9} | {r['first_ms_noinit']:9.3f} "
+                    f"{r['first_compiles_noinit']:>3} {r['first_autotunes_noinit']:>4} | {r['first_ms_init']:9.3f} "
+                    f"{r['first_compiles_init']:>3} | {r['steady_median_ms_noinit']:9.4f} {r['ratio_noinit']:6.2f}")
+    return "\n".join(rows)
+
+
+def plot(results: list, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "error" not in r]
+    labels = [f"{r['kernel'].split(':')[-1][:22]}\n{r['scenario']}" for r in ok]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(ok)), 4.5))
+    xs = range(len(ok))
+    width = 0.38
+    ax.bar([x - width / 2 for x in xs], [r["first_ms_noinit"] for r in ok], width, label="first request")
+    ax.bar([x + width / 2 for x in xs], [r["first_ms_init"] for r in ok], width, label="first request with initial states")
+    for x, r in zip(xs, ok):
+        ax.hlines(r["steady_median_ms_noinit"], x - 0.45, x + 0.45, colors="black", linestyles="dashed")
+    ax.set_yscale("log")
+    ax.set_ylabel("wall time, ms (log); dashed: steady-state median")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", help="write the JSON results here")
+    parser.add_argument("--kernel", action="append", help="module:callable of an SSD entry point (repeatable)")
+    parser.add_argument("--warmup", action="append", help="module:callable of its warmup (one per --kernel)")
+    parser.add_argument("--timeout", type=int, default=280, help="seconds per scenario process")
+    parser.add_argument("--plot", help="write a PNG of first-request latency per scenario")
+    parser.add_argument("--from", dest="from_json", help="plot/print a saved JSON instead of running")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.kernel[0], args.warmup[0], args.child)))
+        return
+    if args.from_json:
+        with open(args.from_json) as fh:
+            data = json.load(fh)
+    else:
+        kernels = args.kernel or [DEFAULT[0]]
+        warmups = args.warmup or [DEFAULT[1]]
+        if len(kernels) != len(warmups):
+            parser.error(f"--kernel given {len(kernels)} times but --warmup {len(warmups)}: give one warmup per kernel")
+        import torch
+        import triton
+
+        results = []
+        for kernel, warmup in zip(kernels, warmups):
+            with tempfile.TemporaryDirectory() as cold, tempfile.TemporaryDirectory() as shared:
+                results.append(run_child(kernel, warmup, "cold", cold, False, args.timeout))
+                results.append(run_child(kernel, warmup, "warmup", shared, True, args.timeout))
+                results.append(run_child(kernel, warmup, "persisted", shared, True, args.timeout))
+        data = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+                "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
+                "request": REQUEST, "results": results}
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(data, fh, indent=2)
+    print(f"{data['device']}, torch {data['torch']}, triton {data['triton']}, {data['date']}")
+    print(table(data["results"]))
+    if args.plot:
+        plot(data["results"], args.plot, f"first request after each scenario, {data['device']}, triton {data['triton']}")
+
+
+if __name__ == "__main__":
+    main()
