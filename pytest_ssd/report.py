@@ -23,6 +23,7 @@ class WarmupRecord:
     autotunes_persisted: int
     binaries: list = field(default_factory=list)  # describe() lines
     persisted_caches: bool = False  # --ssd-persist-autotune was on
+    cold_seconds: Optional[float] = None  # this layer's warmup with empty caches, as recorded in the persist dir
 
 
 @dataclass
@@ -113,7 +114,10 @@ class SessionReport:
         for wr in sorted(self.workers, key=lambda w: w.worker):
             where = f"{wr.worker}" + (f" (GPU {wr.gpu})" if wr.gpu is not None else "")
             for w in wr.warmups:
-                persisted = " [persisted caches]" if w.persisted_caches else ""
+                persisted = ""
+                if w.persisted_caches:
+                    cold = f"{w.cold_seconds:.2f}s" if w.cold_seconds is not None else "not on record"
+                    persisted = f" [persisted caches; cold warmup {cold}]"
                 lines.append(
                     f"warmup {where}: {w.layer}: {w.seconds:.2f}s, {w.compiles} binaries "
                     f"({w.compiled_fresh} compiled, {w.compiles - w.compiled_fresh} from disk), "

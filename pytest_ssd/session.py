@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 import zlib
@@ -43,6 +44,27 @@ def file_lock(path: str):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remember_cold_warmup(persist_dir: Optional[str], key: str, seconds: float, cold: bool) -> Optional[float]:
+    """Keep each layer's cold warmup time in the persisted cache dir, to show cold vs persisted.
+
+    Returns the cold time on record for ``key`` (None without a persist dir or a record).
+    Called under the warmup lock, so xdist workers do not race on the file.
+    """
+    if not persist_dir:
+        return None
+    path = os.path.join(persist_dir, "pytest-ssd-warmups.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        record = {}
+    if cold:
+        record[key] = round(seconds, 4)
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=1)
+    return record.get(key)
 
 
 @dataclass
@@ -142,15 +164,15 @@ class SSDSession:
             start = time.perf_counter()
             self.warmup_fn(layer)
             seconds = time.perf_counter() - start
+            compiles, autotunes = rec.compiles, rec.autotunes
+            fresh = sum(1 for e in compiles if e.source != "disk")
+            cold_seconds = _remember_cold_warmup(persist, key, seconds, cold=bool(compiles) and fresh == len(compiles))
         self._warmups[key] = rec
         self.add_warm(rec.events)
-        compiles = rec.compiles
-        autotunes = rec.autotunes
         self.report.warmups.append(WarmupRecord(
-            layer=key, seconds=round(seconds, 4), compiles=len(compiles),
-            compiled_fresh=sum(1 for e in compiles if e.source != "disk"),
+            layer=key, seconds=round(seconds, 4), compiles=len(compiles), compiled_fresh=fresh,
             autotunes=len(autotunes), autotunes_persisted=sum(1 for e in autotunes if e.source == "persisted"),
-            binaries=[e.describe() for e in compiles], persisted_caches=bool(persist),
+            binaries=[e.describe() for e in compiles], persisted_caches=bool(persist), cold_seconds=cold_seconds,
         ))
         return rec
 

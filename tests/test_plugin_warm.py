@@ -136,3 +136,20 @@ def test_placement_rejects_non_worker_ids():
 
     with pytest.raises(ValueError, match="worker_id: expected an xdist worker id like 'gw0', got 'main'"):
         worker_index("main")
+
+
+def test_persisted_caches_show_cold_vs_persisted_warmup(pytester, tmp_path):
+    """Two fresh processes share --ssd-persist-autotune DIR: the second warms from disk."""
+    cache = tmp_path / "persist"
+    args = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-k", "coverage", "--ssd-dtype", "bf16",
+            "--ssd-compile-only", "cuda:90", f"--ssd-persist-autotune={cache}", "-p", "no:cacheprovider")
+    first = pytester.runpytest_subprocess(*args, f"--ssd-report={tmp_path / 'a.json'}")
+    first.assert_outcomes(passed=1)
+    second = pytester.runpytest_subprocess(*args, f"--ssd-report={tmp_path / 'b.json'}")
+    second.assert_outcomes(passed=1)
+    (cold,) = json.loads((tmp_path / "a.json").read_text())["workers"][0]["warmups"]
+    (warm,) = json.loads((tmp_path / "b.json").read_text())["workers"][0]["warmups"]
+    assert cold["compiles"] == cold["compiled_fresh"] > 0
+    assert warm["compiles"] == cold["compiles"] and warm["compiled_fresh"] == 0, "all from Triton's disk cache"
+    assert warm["cold_seconds"] == cold["seconds"]
+    second.stdout.fnmatch_lines([f"*[[]persisted caches; cold warmup {cold['seconds']:.2f}s[]]*"])
