@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device-tool call that checks everything GPU-facing and writes results under $OUT:
+#   tests.log    the whole test suite (GPU tests included) on the device's torch/triton
+#   suite.log    the conformance suite on the bundled kernel, all dtypes, real launches
+#   suite.json   its pytest-ssd JSON report
+#   latency.json benchmarks/bench_latency.py (fresh process per scenario)
+#   recorder.json benchmarks/bench_recorder.py (launch overhead, compile-only prediction)
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|suite|latency|recorder ...]
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${*:-tests suite latency recorder}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+# The image has no network: install our package (entry point included) without its dependencies.
+python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
+status=0
+for step in $steps; do
+  echo "=== $step"
+  case $step in
+    tests)    python3 -m pytest -p pytest_ssd -n 8 -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/tests.log" ;;
+    suite)    python3 -m pytest -p pytest_ssd --pyargs pytest_ssd.suite -q -p no:cacheprovider -rs \
+                --ssd-report "$OUT/suite.json" 2>&1 | tee "$OUT/suite.log" ;;
+    latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" 2>&1 | tail -20 ;;
+    recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
+    *) echo "unknown step $step"; false ;;
+  esac
+  rc=$?; [ $rc -ne 0 ] && { echo "step $step failed: $rc"; status=1; }
+done
+exit $status
