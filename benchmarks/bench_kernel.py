@@ -1,0 +1,449 @@
+"""Benchmark the bundled SSD kernel: steady state, first request after warmup, warmup cost.
+
+    python benchmarks/bench_kernel.py RESULT.json [--scenarios cold,disk_cache,no_warmup,rerun] [--sweep]
+
+Workload (the anchors'): a Mamba2-2.7B-like layer, 80 heads x 64, dstate 128, 1 group, chunk 256,
+bf16 inputs, fp32 states; one request = 4 sequences of 1000/2048/517/3000 tokens. Without CUDA a
+tiny layer runs under the interpreter (a smoke test of this script, not a measurement).
+
+Each scenario runs in a fresh subprocess:
+
+- ``cold``: empty TRITON_CACHE_DIR. Warmup (seconds, compiles), the first request without and
+  with initial states (wall ms, compiles, autotune benchmarks), then the steady state.
+- ``disk_cache``: a new process on ``cold``'s cache dir with TRITON_CACHE_AUTOTUNING=1: the
+  warmup loads binaries from disk (each still an in-memory JIT miss, counted), then the same.
+- ``no_warmup``: empty cache dir, the first request with no warmup at all (for comparison).
+- ``rerun``: empty cache dir, warmup and steady state again: the run-to-run spread.
+
+Steady state is the median of ``triton.testing.do_bench`` over calls that rotate through 4 input
+sets (each call includes the argument checks and the metadata's device-to-host copy): calls
+back to back, as a serving loop issues them. First request wall time is host time around one
+call, synchronized before and after; it is compared with warm calls timed the same way
+("1 call": median of 40; "idle": after 0.25 s of GPU idle each). "loop" times calls issued
+back to back with CUDA events (rotating inputs, no cache flush): a serving loop's view.
+``--sweep`` times candidate launch configs per stage (one process) to pick ``kernels/configs.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+LAYER = dict(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256)
+REQUEST = [1000, 2048, 517, 3000]
+SMOKE_LAYER = dict(nheads=4, head_dim=16, n_groups=1, ssm_state_size=16, chunk_size=16)
+SMOKE_REQUEST = [10, 33, 1]
+SCENARIOS = ("cold", "disk_cache", "no_warmup", "rerun")
+
+
+# --------------------------------------------------------------------------------------
+# Child side: one scenario in this process.
+# --------------------------------------------------------------------------------------
+
+def _setup():
+    import torch
+
+    from pytest_ssd.layer import make_mixer2_layer
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dims = LAYER if cuda else SMOKE_LAYER
+    layer = make_mixer2_layer(**dims, dtype=torch.bfloat16 if cuda else torch.float32,
+                              state_dtype=torch.float32, seed=0, device=device)
+    return torch, layer, device, (REQUEST if cuda else SMOKE_REQUEST)
+
+
+def _sync(torch, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(layer, request, device, with_init, n_sets=1, seed=0):
+    import torch
+
+    from pytest_ssd.layer import make_ssd_inputs
+
+    sets = []
+    for i in range(n_sets):
+        inp = make_ssd_inputs(layer, request, seed=seed + i, with_initial_states=with_init, device=device)
+        sets.append((inp.kernel_kwargs(layer), torch.empty_like(inp.x)))
+    return sets
+
+
+def _first_request(torch, layer, request, device, with_init):
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    from pytest_ssd.events import record_triton
+
+    (kwargs, out), = _inputs(layer, request, device, with_init, seed=1000 + with_init)
+    _sync(torch, device)
+    segments = _segments(torch, device)
+    with record_triton() as rec:
+        start = time.perf_counter()
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+        _sync(torch, device)
+        ms = (time.perf_counter() - start) * 1e3
+    new_segments = _segments(torch, device) - segments
+    start = time.perf_counter()
+    mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+    _sync(torch, device)
+    second_ms = (time.perf_counter() - start) * 1e3
+    return {"wall_ms": round(ms, 3), "compiles": len(rec.compiles),
+            "compiled": [e.describe() for e in rec.compiles], "autotune_benchmarks": len(rec.autotunes),
+            "new_device_allocations": new_segments, "second_call_wall_ms": round(second_ms, 3)}
+
+
+def _segments(torch, device) -> int:
+    """Device memory segments the caching allocator got from the driver so far (cudaMalloc calls)."""
+    return torch.cuda.memory_stats().get("segment.all.allocated", 0) if device == "cuda" else 0
+
+
+def _steady(torch, layer, request, device, with_init):
+    import triton
+
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    sets = _inputs(layer, request, device, with_init, n_sets=4, seed=2000)
+    state = {"i": 0}
+
+    def call():
+        kwargs, out = sets[state["i"] % len(sets)]
+        state["i"] += 1
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+
+    if device != "cuda":
+        call()
+        start = time.perf_counter()
+        call()
+        return {"median_ms": round((time.perf_counter() - start) * 1e3, 3), "timer": "host (smoke test)"}
+    ms = triton.testing.do_bench(call, warmup=50, rep=500, quantiles=[0.2, 0.5, 0.8])
+    return {"median_ms": round(ms[1], 4), "p20_ms": round(ms[0], 4), "p80_ms": round(ms[2], 4),
+            "timer": "triton.testing.do_bench (CUDA events), 4 rotating input sets"}
+
+
+def _loop(torch, layer, request, device, with_init) -> dict:
+    """Per-call time of calls issued back to back (a serving loop): CUDA events around 40 calls
+    rotating 4 input sets (no cache flush in between, unlike do_bench); median of 10 loops."""
+    import statistics
+
+    if device != "cuda":
+        return {}
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    sets = _inputs(layer, request, device, with_init, n_sets=4, seed=7000)
+    per_call = []
+    for rep in range(11):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(40):
+            kwargs, out = sets[i % len(sets)]
+            mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+        end.record()
+        torch.cuda.synchronize()
+        if rep:  # the first loop warms up
+            per_call.append(start.elapsed_time(end) / 40)
+    return {"median_ms": round(statistics.median(per_call), 4), "min_ms": round(min(per_call), 4),
+            "max_ms": round(max(per_call), 4),
+            "timer": "CUDA events around 40 back-to-back calls, 4 rotating input sets, median of 10"}
+
+
+def _isolated(torch, layer, request, device, with_init, n: int, idle_s: float = 0.0) -> dict:
+    """Wall time of single warm calls measured like the first request: synchronize, call, synchronize.
+
+    ``idle_s`` > 0 sleeps before each call, as a request arriving at an idle GPU would find it
+    (clocks down): the fair comparison for the first request after a warmup.
+    """
+    import statistics
+
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    sets = _inputs(layer, request, device, with_init, n_sets=4, seed=6000)
+    times = []
+    for i in range(n):
+        kwargs, out = sets[i % len(sets)]
+        if idle_s:
+            time.sleep(idle_s)
+        _sync(torch, device)
+        start = time.perf_counter()
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+        _sync(torch, device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": round(statistics.median(times), 4), "min_ms": round(min(times), 4),
+            "max_ms": round(max(times), 4), "n": n, "idle_s_before_each": idle_s}
+
+
+def _per_kernel(torch, layer, request, device):
+    """Device time per kernel (torch.profiler), and the host cost of the metadata check."""
+    if device != "cuda":
+        return {}
+    from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
+
+    (kwargs, out), = _inputs(layer, request, device, False, seed=3000)
+    for _ in range(3):
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+    reps = 20
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(reps):
+            mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+        torch.cuda.synchronize()
+    if os.environ.get("BENCH_TRACE"):
+        prof.export_chrome_trace(os.environ["BENCH_TRACE"])
+    kernels = {}
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if total and e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[e.key] = round(total / reps / 1e3, 4)  # ms per call
+    meta = [kwargs[k] for k in ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")]
+    T, S, C = kwargs["x"].shape[0], meta[0].numel() - 1, meta[2].numel()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    n = 200
+    for _ in range(n):  # what one call does for the check: pack, one device-to-host copy, compare
+        combined._check_metadata(torch.cat(meta).cpu(), S, C, layer.chunk_size, T)
+    check_ms = (time.perf_counter() - start) * 1e3 / n
+    return {"kernels_ms_per_call": kernels, "metadata_check_ms": round(check_ms, 4)}
+
+
+def run_scenario(name: str) -> dict:
+    torch, layer, device, request = _setup()
+    from pytest_ssd.events import record_triton
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    result = {"scenario": name, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"),
+              "triton_cache_autotuning": os.environ.get("TRITON_CACHE_AUTOTUNING")}
+    if name != "no_warmup":
+        _sync(torch, device)
+        with record_triton() as rec:
+            start = time.perf_counter()
+            warm = warmup_ssd_kernels(layer)
+            seconds = time.perf_counter() - start
+        sources = [e.source for e in rec.compiles]
+        result["warmup"] = {"seconds": round(seconds, 3), "calls": warm.calls, "jit_misses": len(rec.compiles),
+                            "compiled_fresh": sources.count("compiled"), "from_disk": sources.count("disk"),
+                            "autotune_benchmarks": len(rec.autotunes), "summary": rec.summary(),
+                            "warmed": warm.warmed}
+    result["first_request"] = _first_request(torch, layer, request, device, with_init=False)
+    result["first_request_initial_states"] = _first_request(torch, layer, request, device, with_init=True)
+    result["steady"] = _steady(torch, layer, request, device, with_init=False)
+    result["steady_initial_states"] = _steady(torch, layer, request, device, with_init=True)
+    result["loop"] = _loop(torch, layer, request, device, with_init=False)
+    result["loop_initial_states"] = _loop(torch, layer, request, device, with_init=True)
+    result["isolated"] = _isolated(torch, layer, request, device, with_init=False, n=40)
+    result["isolated_after_idle"] = _isolated(torch, layer, request, device, with_init=False, n=8, idle_s=0.25)
+    result["isolated_initial_states"] = _isolated(torch, layer, request, device, with_init=True, n=40)
+    if name == "cold":
+        result.update(_per_kernel(torch, layer, request, device))
+    return result
+
+
+def run_calls(n: int) -> None:
+    """Warmup, then ``n`` calls on the workload: something for an external profiler to attach to."""
+    torch, layer, device, request = _setup()
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    warmup_ssd_kernels(layer)
+    (kwargs, out), = _inputs(layer, request, device, False, seed=5000)
+    for _ in range(n):
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+    _sync(torch, device)
+
+
+# --------------------------------------------------------------------------------------
+# Config sweep (one process): candidate launch configs per stage, on the workload.
+# --------------------------------------------------------------------------------------
+
+def _candidates():
+    """Launch configs to time per stage; the first of each is the default in kernels/configs.py.
+
+    The grid the defaults were picked from (H100, the workload above, per-kernel device time):
+    chunk_scan BLOCK_M 32/64/128, BLOCK_K 16/32/64, BLOCK_DSTATE 32/64/128, 2-8 warps, 1-3 stages;
+    chunk_state BLOCK_N 64/128, BLOCK_K 16-128, 4/8 warps, 2-4 stages; bmm and state passing
+    barely move (5.5 us, 51 us at the DRAM roofline). Below: the winners and their neighbours.
+    """
+    from pytest_ssd.kernels.configs import LaunchConfig as C
+
+    return {
+        "chunk_scan": [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=k, BLOCK_DSTATE=s), num_warps=w, num_stages=st)
+                       for m, k, s, w, st in [(64, 32, 128, 4, 1), (64, 32, 64, 4, 1), (64, 16, 128, 4, 1),
+                                              (64, 32, 128, 4, 2), (64, 64, 64, 4, 1), (32, 32, 64, 2, 1),
+                                              (128, 32, 64, 8, 1)]],
+        "chunk_state": [C(dict(BLOCK_M=64, BLOCK_N=n, BLOCK_K=k), num_warps=4, num_stages=st)
+                        for n, k, st in [(128, 32, 3), (128, 16, 3), (64, 32, 3), (128, 32, 4), (128, 64, 2)]],
+        "bmm_chunk": [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=64), num_warps=4, num_stages=2) for m in (64, 128)],
+        "state_passing": [C(dict(BLOCK=b), num_warps=w, num_stages=1) for b, w in [(1024, 4), (2048, 8)]],
+    }
+
+
+KERNEL_OF_STAGE = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_state_kernel",
+                   "bmm_chunk": "_bmm_chunk_kernel", "state_passing": "_state_passing_kernel"}
+
+
+def _stage_device_ms(torch, call, kernel: str, reps: int = 10) -> float:
+    """Mean device time of one kernel per call (torch.profiler): far less noisy than the whole call."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            call()
+        torch.cuda.synchronize()
+    for e in prof.key_averages():
+        if e.key == kernel:
+            return (getattr(e, "device_time_total", None) or e.cuda_time_total) / reps / 1e3
+    return float("nan")
+
+
+def run_sweep() -> dict:
+    torch, layer, device, request = _setup()
+    import triton
+
+    from pytest_ssd.kernels import configs, mamba_chunk_scan_combined_varlen
+
+    sets = _inputs(layer, request, device, False, n_sets=4, seed=4000)
+    state = {"i": 0}
+
+    def call():
+        kwargs, out = sets[state["i"] % len(sets)]
+        state["i"] += 1
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+
+    kwargs0, out0 = sets[0]
+    mamba_chunk_scan_combined_varlen(out=out0, **kwargs0)
+    reference = out0.float().clone()
+    rows = []
+    for stage, candidates in _candidates().items():
+        for cfg in candidates:
+            with configs.overridden(stage, cfg):
+                start = time.perf_counter()
+                try:
+                    call()
+                    _sync(torch, device)
+                except Exception as e:  # a config that does not compile or fit: report, go on
+                    rows.append({"stage": stage, "config": repr(cfg), "error": f"{type(e).__name__}: {e}"[:200]})
+                    continue
+                compile_s = time.perf_counter() - start
+                mamba_chunk_scan_combined_varlen(out=out0, **kwargs0)
+                diff = float((out0.float() - reference).abs().max())
+                if device == "cuda":
+                    ms = triton.testing.do_bench(call, warmup=25, rep=200, quantiles=[0.2, 0.5, 0.8])
+                    stage_ms = _stage_device_ms(torch, call, KERNEL_OF_STAGE[stage])
+                else:
+                    ms, stage_ms = [0.0, 0.0, 0.0], 0.0
+            rows.append({"stage": stage, "config": repr(cfg), "stage_device_ms": round(stage_ms, 4),
+                         "call_median_ms": round(ms[1], 4), "call_p20_ms": round(ms[0], 4),
+                         "call_p80_ms": round(ms[2], 4), "first_call_s": round(compile_s, 2),
+                         "max_diff_vs_default": diff})
+            print(f"{stage:14s} kernel {stage_ms:7.4f} ms | call {ms[1]:7.4f} ms [{ms[0]:.4f}, {ms[2]:.4f}] "
+                  f"| first {compile_s:5.2f} s | diff {diff:.2e} | {cfg}", flush=True)
+    return {"sweep": rows}
+
+
+# --------------------------------------------------------------------------------------
+# Parent side: fresh subprocesses, table, JSON.
+# --------------------------------------------------------------------------------------
+
+def _child(kind: str, env: dict, timeout: int) -> dict:
+    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
+        path = f.name
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-result", path]
+    proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sys.stdout.write(proc.stdout[-4000:])
+    if proc.returncode != 0:
+        return {"scenario": kind, "error": f"exit {proc.returncode}", "output": proc.stdout[-2000:]}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _environment() -> dict:
+    import torch
+    import triton
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "python": platform.python_version(),
+           "torch": torch.__version__, "triton": triton.__version__}
+    if torch.cuda.is_available():
+        env["device"] = torch.cuda.get_device_name()
+    else:
+        env["device"] = "cpu (interpreter smoke test, tiny layer; not a measurement)"
+    return env
+
+
+def _table(results: list) -> str:
+    lines = [f"{'scenario':11s} {'warmup s':>9s} {'misses (fresh/disk)':>19s} | "
+             f"{'1st req ms':>10s} {'cmp':>3s} {'tune':>4s} | "
+             f"{'1st init ms':>11s} {'cmp':>3s} | {'do_bench':>8s} {'init':>6s} {'loop':>6s} {'init':>6s} | "
+             f"{'1 call ms':>9s} {'idle':>6s} "
+             f"{'init':>6s} | first / 1 call"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['scenario']:11s} ERROR {r['error']}")
+            continue
+        w = r.get("warmup", {})
+        f1, f2 = r["first_request"], r["first_request_initial_states"]
+        s1, s2 = r["steady"]["median_ms"], r["steady_initial_states"]["median_ms"]
+        i1, i2, i3 = (r[k]["median_ms"] for k in ("isolated", "isolated_after_idle", "isolated_initial_states"))
+        ratio = f"{f1['wall_ms'] / i1:.2f}x / {f2['wall_ms'] / i3:.2f}x" if i1 and i3 else "-"
+        misses = f"{w['jit_misses']} ({w['compiled_fresh']}/{w['from_disk']})" if w else "-"
+        lines.append(f"{r['scenario']:11s} {w.get('seconds', float('nan')):9.2f} {misses:>19s} | "
+                     f"{f1['wall_ms']:10.3f} {f1['compiles']:3d} {f1['autotune_benchmarks']:4d} | "
+                     f"{f2['wall_ms']:11.3f} {f2['compiles']:3d} | {s1:8.4f} {s2:6.4f} "
+                     f"{r['loop'].get('median_ms', 0):6.4f} {r['loop_initial_states'].get('median_ms', 0):6.4f} | "
+                     f"{i1:9.3f} {i2:6.3f} "
+                     f"{i3:6.3f} | {ratio}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("result", nargs="?", help="write the JSON results here")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    parser.add_argument("--sweep", action="store_true", help="also time candidate launch configs per stage")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per subprocess")
+    parser.add_argument("--profile-calls", type=int, default=0,
+                        help="only run warmup and this many calls, in this process (under ncu or nsys)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.profile_calls:
+        run_calls(args.profile_calls)
+        return
+    if args.child:
+        result = run_sweep() if args.child == "sweep" else run_scenario(args.child)
+        with open(args.child_result, "w") as f:
+            json.dump(result, f)
+        return
+    if not args.result:
+        parser.error("the JSON result path is required")
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+
+    root = tempfile.mkdtemp(prefix="ssd-bench-")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_CACHE")}
+    base_env["TRITON_CACHE_AUTOTUNING"] = "1"
+    dirs = {"cold": "shared", "disk_cache": "shared", "no_warmup": "no_warmup", "rerun": "rerun", "sweep": "sweep"}
+    results = []
+    order = (["sweep"] if args.sweep else []) + [s for s in SCENARIOS if s in scenarios]
+    for kind in order:
+        env = dict(base_env, TRITON_CACHE_DIR=os.path.join(root, dirs[kind]))
+        if kind == "disk_cache" and "cold" not in scenarios:
+            print("disk_cache needs cold first (it reuses cold's cache dir); skipped")
+            continue
+        print(f"--- {kind} (TRITON_CACHE_DIR={env['TRITON_CACHE_DIR']})", flush=True)
+        results.append(_child(kind, env, args.timeout))
+    report = {"environment": _environment(), "layer": LAYER, "request": REQUEST, "results": results}
+    with open(args.result, "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps(report["environment"]))
+    print(_table([r for r in results if r.get("scenario") in SCENARIOS]))
+
+
+if __name__ == "__main__":
+    main()

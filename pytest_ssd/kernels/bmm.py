@@ -1,0 +1,50 @@
+"""Stage 2: ``CB[c, g] = C_c @ B_c^T`` for every chunk ``c`` and group ``g``.
+
+Output float32 ``(C, G, CHUNK_SIZE, CHUNK_SIZE)``; row ``i`` is the target token, column ``j``
+the source token of chunk ``c``. Only what the chunk scan reads is written: tiles entirely above
+the diagonal (``j > i`` everywhere) and tiles of rows past the chunk's length are skipped.
+"""
+from __future__ import annotations
+
+import triton.language as tl
+
+from ..triton_compat import kernel_pair
+
+
+def _bmm_chunk_kernel(
+    C_ptr, B_ptr, cu_chunk_seqlens_ptr, CB_ptr,
+    G: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    g = tl.program_id(2)
+    num_n = CHUNK_SIZE // BLOCK_N
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    start = tl.load(cu_chunk_seqlens_ptr + chunk)
+    length = tl.load(cu_chunk_seqlens_ptr + chunk + 1) - start
+    if (pid_m * BLOCK_M >= length) | (pid_n * BLOCK_N >= (pid_m + 1) * BLOCK_M):
+        return
+    start = start.to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < length
+    mask_n = offs_n < length
+    c_ptrs = C_ptr + (start + offs_m[:, None]) * (G * N) + g * N + offs_k[None, :]
+    b_ptrs = B_ptr + (start + offs_n[None, :]) * (G * N) + g * N + offs_k[:, None]
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k0 in range(0, N, BLOCK_K):
+        mask_k = (k0 + offs_k) < N
+        c = tl.load(c_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs + k0, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = tl.dot(c.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+
+    offs = (chunk.to(tl.int64) * G + g) * (CHUNK_SIZE * CHUNK_SIZE) + offs_m[:, None] * CHUNK_SIZE + offs_n[None, :]
+    tl.store(CB_ptr + offs, acc)
+
+
+BMM_CHUNK = kernel_pair(_bmm_chunk_kernel)

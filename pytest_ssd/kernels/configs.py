@@ -1,0 +1,93 @@
+"""Launch configurations: fixed per layer, never autotuned at request time.
+
+A config is a pure function of the layer (H, G, P, N, chunk size, dtype), so a warmup of the
+layer compiles exactly the binaries every later request uses, and the choice cannot move from
+run to run. The numbers were picked with ``benchmarks/bench_kernel.py --sweep`` on an H100 for
+the Mamba2-2.7B layer (see docs/kernel.md); the clamps keep small layers (tests, the CPU
+interpreter) on small tiles.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+import torch
+
+STAGES = ("chunk_state", "bmm_chunk", "state_passing", "chunk_scan")
+
+
+@dataclass(frozen=True)
+class LayerDims:
+    """What a launch configuration may depend on: the layer, never the request."""
+
+    nheads: int
+    ngroups: int
+    head_dim: int
+    dstate: int
+    chunk_size: int
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    blocks: dict = field(default_factory=dict)  # BLOCK_* constexprs of the kernel
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def launch_kwargs(self, interpret: bool) -> dict:
+        # The interpreter takes no num_warps/num_stages.
+        if interpret:
+            return dict(self.blocks)
+        return dict(self.blocks, num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, 1 << max(0, n - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def default_configs(dims: LayerDims) -> dict:
+    """One :class:`LaunchConfig` per stage for ``dims`` (do not mutate the returned dict)."""
+    L, P, N = dims.chunk_size, _pow2(dims.head_dim), _pow2(dims.dstate)
+    return {
+        "chunk_state": LaunchConfig({"BLOCK_M": min(64, P), "BLOCK_N": min(128, N), "BLOCK_K": min(32, L)},
+                                    num_warps=4, num_stages=3),
+        "bmm_chunk": LaunchConfig({"BLOCK_M": min(64, L), "BLOCK_N": min(64, L), "BLOCK_K": min(64, N)},
+                                  num_warps=4, num_stages=2),
+        "state_passing": LaunchConfig({"BLOCK": min(1024, _pow2(dims.head_dim * dims.dstate))}, num_warps=4,
+                                      num_stages=1),
+        "chunk_scan": LaunchConfig({"BLOCK_M": min(64, L), "BLOCK_N": min(64, P), "BLOCK_K": min(32, L),
+                                    "BLOCK_DSTATE": min(128, N)}, num_warps=4, num_stages=1),
+    }
+
+
+_OVERRIDES: dict = {}
+
+
+def configs_for(dims: LayerDims) -> dict:
+    configs = default_configs(dims)
+    if not _OVERRIDES:
+        return configs
+    configs = dict(configs)
+    for stage, override in _OVERRIDES.items():
+        configs[stage] = replace(configs[stage], blocks={**configs[stage].blocks, **override.blocks},
+                                 num_warps=override.num_warps, num_stages=override.num_stages)
+    return configs
+
+
+@contextlib.contextmanager
+def overridden(stage: str, config: LaunchConfig) -> Iterator[None]:
+    """Use ``config`` for ``stage`` inside the block (the tuning sweep of the benchmark)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+    previous = _OVERRIDES.get(stage)
+    _OVERRIDES[stage] = config
+    try:
+        yield
+    finally:
+        if previous is None:
+            _OVERRIDES.pop(stage)
+        else:
+            _OVERRIDES[stage] = previous

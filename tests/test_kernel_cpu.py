@@ -1,0 +1,166 @@
+"""The bundled Triton SSD kernel under Triton's interpreter (CPU; float32, one float16 case), against float64.
+
+Small shapes (H 2-4, P 16, N 16, chunk 16/32): varlen batches with single-token sequences,
+lengths that are and are not multiples of the chunk size, chunk boundaries inside sequences,
+D of both shapes, z, initial states, 1 and 2 groups, dt_limit, intermediate states. Outputs are
+NaN-poisoned before each call; whole tensors are compared. Bad input raises ValueError before
+any launch.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from _ssd_cases import (KernelCase, assert_states_matter, check_against_reference, check_intermediate_states,
+                        run_kernel, with_slow_decay)
+from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
+
+SMALL = dict(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, dtype=torch.float32,
+             state_dtype=torch.float32)
+
+CASES = [
+    KernelCase("single_token", [1]),
+    KernelCase("varlen_mix", [1, 16, 33, 5]),
+    KernelCase("initial_states", [20, 1, 9], initial_states=True, layer={"n_groups": 2}),
+    KernelCase("z_and_D_per_channel", [19, 4], z=True, layer={"d_has_hdim": True}),
+    KernelCase("dt_limit_no_softplus", [21, 3], layer={"dt_softplus": False, "dt_limit": (0.0, 0.1)}),
+    KernelCase("mamba2_decay", [18, 1, 40], initial_states=True, slow_decay=False),
+    KernelCase("tensor_parallel", [18, 2], layer={"nheads": 8, "n_groups": 4, "tp_size": 2}),
+    KernelCase("chunk32_everything", [1, 35, 64, 1], initial_states=True, z=True,
+               layer={"chunk_size": 32, "n_groups": 2, "d_has_hdim": True, "dt_limit": (0.005, 0.08)}),
+    KernelCase("fp16_states", [17, 1], initial_states=True, layer={"state_dtype": torch.float16}),
+    # 16-bit model: the hi/lo operand split on the tensor cores' path (the interpreter has no working bf16).
+    KernelCase("fp16_model_long", [1, 150, 47], initial_states=True, layer={"dtype": torch.float16}),
+]
+
+
+def make_case(case: KernelCase, seed: int, mixer2_layer, ssd_inputs):
+    layer = mixer2_layer(**{**SMALL, **case.layer}, device="cpu")
+    if case.slow_decay:
+        layer = with_slow_decay(layer, seed)
+    inputs = ssd_inputs(layer, case.seqlens, with_initial_states=case.initial_states, with_z=case.z, device="cpu")
+    return layer, inputs
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_reference(case: KernelCase, ssd_seed, mixer2_layer, ssd_inputs) -> None:
+    print(f"seed={ssd_seed} case={case}")
+    layer, inputs = make_case(case, ssd_seed, mixer2_layer, ssd_inputs)
+    check_against_reference(layer, inputs, seed=ssd_seed)
+
+
+def test_initial_states_are_tested(ssd_seed, mixer2_layer, ssd_inputs) -> None:
+    layer, inputs = make_case(CASES[2], ssd_seed, mixer2_layer, ssd_inputs)
+    assert_states_matter(layer, inputs, seed=ssd_seed)
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[7]], ids=str)
+def test_intermediate_states(case: KernelCase, ssd_seed, mixer2_layer, ssd_inputs) -> None:
+    print(f"seed={ssd_seed} case={case}")
+    layer, inputs = make_case(case, ssd_seed, mixer2_layer, ssd_inputs)
+    check_intermediate_states(layer, inputs, seed=ssd_seed)
+
+
+def test_state_dtype_defaults(ssd_seed, mixer2_layer, ssd_inputs) -> None:
+    """Without ``state_dtype``: the initial states' dtype when given, else the model dtype."""
+    layer = mixer2_layer(**{**SMALL, "state_dtype": torch.float16}, device="cpu")
+    for with_init, want in ((True, torch.float16), (False, torch.float32)):
+        inputs = ssd_inputs(layer, [3, 17], with_initial_states=with_init, device="cpu")
+        kwargs = dict(inputs.kernel_kwargs(layer), state_dtype=None)
+        states = mamba_chunk_scan_combined_varlen(out=torch.empty_like(inputs.x), **kwargs)
+        assert states.dtype == want, \
+            f"initial states {with_init}: got {states.dtype}, expected {want} (seed={ssd_seed})"
+
+
+def test_metadata_as_int64_and_offset_views(ssd_seed, mixer2_layer, ssd_inputs) -> None:
+    """Metadata may be int64 or a view at an odd offset: it is normalized (copied), results unchanged."""
+    layer = mixer2_layer(**SMALL, device="cpu")
+    inputs = ssd_inputs(layer, [5, 20, 1], device="cpu")
+    base, _ = run_kernel(layer, inputs)
+    kwargs = inputs.kernel_kwargs(layer)
+    for name in ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices"):
+        t = kwargs[name]
+        kwargs[name] = torch.cat([t.new_zeros(1), t])[1:] if name == "seq_idx" else t.to(torch.int64)
+    assert kwargs["seq_idx"].data_ptr() % 16 != 0
+    out = torch.full_like(inputs.x, float("nan"))
+    mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+    assert torch.equal(out, base), f"normalized metadata changed the output (seed={ssd_seed})"
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: a ValueError naming the argument, before any kernel launch.
+# ---------------------------------------------------------------------------------------
+
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    flat = torch.empty(t.numel() + 16, dtype=t.dtype)
+    view = flat[1:1 + t.numel()].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+BAD_INPUTS = [
+    ("x", lambda kw: dict(kw, x=kw["x"][:, :, None]), r"^x: expected 3 dimensions"),
+    ("dt", lambda kw: dict(kw, dt=kw["dt"][:-1]), r"^dt: dimension 0 \(T\)"),
+    ("B", lambda kw: dict(kw, B=kw["B"][:-1]), r"^B: dimension 0 \(T\)"),
+    ("C", lambda kw: dict(kw, C=kw["C"].repeat(1, 2, 1)), r"^C: dimension 1 \(G\)"),
+    ("x dtype", lambda kw: dict(kw, x=kw["x"].double()), r"^x: expected dtype in"),
+    ("B dtype", lambda kw: dict(kw, B=kw["B"].half()), r"^B: expected dtype in \(float32\), got float16"),
+    ("A dtype", lambda kw: dict(kw, A=kw["A"].half()), r"^A: expected dtype in \(float32\)"),
+    ("D shape", lambda kw: dict(kw, D=kw["D"][:-1]), r"^D: expected shape"),
+    ("z shape", lambda kw: dict(kw, z=kw["x"][:-1]), r"^z: dimension 0 \(T\)"),
+    ("initial_states", lambda kw: dict(kw, initial_states=torch.randn(5, 4, 16, 16)), r"^initial_states: dimension 0"),
+    ("initial_states dtype", lambda kw: dict(kw, initial_states=torch.ones(3, 4, 16, 16, dtype=torch.int32)),
+     r"^initial_states: expected dtype in"),
+    ("state_dtype", lambda kw: dict(kw, state_dtype=torch.int8), r"^state_dtype: expected one of"),
+    ("device", lambda kw: dict(kw, dt_bias=kw["dt_bias"].to("meta")), r"^dt_bias: expected device cpu"),
+    ("x contiguous", lambda kw: dict(kw, x=kw["x"].transpose(1, 2).contiguous().transpose(1, 2)),
+     r"^x: expected a contiguous tensor"),
+    ("x aligned", lambda kw: dict(kw, x=_misaligned(kw["x"])), r"^x: expected a 16-byte aligned data pointer"),
+    ("out aligned", lambda kw: dict(kw, out=_misaligned(kw["out"])), r"^out: expected a 16-byte aligned"),
+    ("chunk_size", lambda kw: dict(kw, chunk_size=24), r"^chunk_size: expected a power of two >= 16"),
+    ("chunk_size small", lambda kw: dict(kw, chunk_size=8), r"^chunk_size: expected a power of two >= 16"),
+    ("groups", lambda kw: dict(kw, B=kw["B"].repeat(1, 3, 1), C=kw["C"].repeat(1, 3, 1)),
+     r"^nheads \(dimension 1 of x\)=4 must be divisible by ngroups"),
+    ("dt_limit", lambda kw: dict(kw, dt_limit=(0.5, 0.1)), r"^dt_limit: expected low <= high"),
+    ("cu_seqlens end", lambda kw: dict(kw, cu_seqlens=torch.tensor([0, 5, 25, 27], dtype=torch.int32)),
+     r"^cu_seqlens: expected to end at T=26"),
+    ("cu_seqlens dtype", lambda kw: dict(kw, cu_seqlens=kw["cu_seqlens"].float()), r"^cu_seqlens: expected dtype in"),
+    ("cu_chunk_seqlens", lambda kw: dict(kw, cu_chunk_seqlens=torch.tensor([0, 5, 20, 25, 26],
+                                                                         dtype=torch.int32)),
+     r"^cu_chunk_seqlens: disagrees with cu_seqlens"),
+    ("seq_idx", lambda kw: dict(kw, seq_idx=torch.tensor([0, 1, 2, 2], dtype=torch.int32)),
+     r"^seq_idx: disagrees with cu_seqlens"),
+    ("last_chunk_indices", lambda kw: dict(kw, last_chunk_indices=torch.tensor([0, 1, 3], dtype=torch.int32)),
+     r"^last_chunk_indices: disagrees with cu_seqlens"),
+    ("seq_idx length", lambda kw: dict(kw, seq_idx=kw["seq_idx"][:-1]), r"^cu_chunk_seqlens: expected shape"),
+    ("not a tensor", lambda kw: dict(kw, x=kw["x"].tolist()), r"^x: expected a torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_before_any_launch(name, mutate, message, mixer2_layer, ssd_inputs, monkeypatch) -> None:
+    layer = mixer2_layer(**SMALL, device="cpu")
+    inputs = ssd_inputs(layer, [5, 20, 1], with_z=True, with_initial_states=True, device="cpu")  # 4 chunks
+    kwargs = dict(inputs.kernel_kwargs(layer), out=torch.full_like(inputs.x, float("nan")))
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("a kernel was launched before the bad argument was rejected")
+
+    monkeypatch.setattr(combined, "_plan", lambda *args, **kwargs: [(NoLaunch(), None, (), {})])
+    with pytest.raises(ValueError, match=message):
+        mamba_chunk_scan_combined_varlen(**mutate(kwargs))
+
+
+def test_the_bad_input_fixture_is_otherwise_valid(mixer2_layer, ssd_inputs) -> None:
+    layer = mixer2_layer(**SMALL, device="cpu")
+    inputs = ssd_inputs(layer, [5, 20, 1], with_z=True, with_initial_states=True, device="cpu")
+    assert inputs.cu_chunk_seqlens.tolist() == [0, 5, 21, 25, 26]
+    out, _ = run_kernel(layer, inputs)
+    assert torch.isfinite(out).all()
+
+
+def test_dt_limit_default_is_no_clamp() -> None:
+    assert math.isinf(combined.mamba_chunk_scan_combined_varlen.__defaults__[5][1])
