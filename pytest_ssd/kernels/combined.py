@@ -16,6 +16,8 @@ model/state dtypes and the flags ``HAS_INITSTATES``, ``HAS_D``, ``D_HAS_HDIM``, 
 from __future__ import annotations
 
 import math
+import weakref
+from collections import OrderedDict
 from typing import Optional, Sequence
 
 import torch
@@ -141,8 +143,10 @@ def mamba_chunk_scan_combined_varlen(
     with _device_guard(device):
         # Plan everything first: after the one device-to-host copy below, the GPU waits for the
         # host until the first launch, so only the comparison and the launches come after it.
-        metadata = [_normalized_int32(t) for t in (cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)]
-        packed = torch.cat(metadata)
+        given = (cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)
+        metadata = [_normalized_int32(t) for t in given]
+        checked = _VALIDATED.seen(given, chunk_size, T)
+        packed = None if checked else torch.cat(metadata)
         dt_out, dA_cumsum, CB, chunk_states = _workspace(
             device, (nchunks, H, chunk_size), (nchunks, H, chunk_size), (nchunks, G, chunk_size, chunk_size),
             (nchunks, H, P, N))
@@ -150,7 +154,9 @@ def mamba_chunk_scan_combined_varlen(
         launches = _plan(x, dt, A, B, C, out, D, z, dt_bias, initial_states, *metadata[1:], dt_out, dA_cumsum, CB,
                          chunk_states, final_states, dims, dt_softplus=bool(dt_softplus), dt_limit=(lo, hi),
                          interpret=interpret)
-        _check_metadata(packed.cpu(), S, nchunks, chunk_size, T)
+        if not checked:
+            _check_metadata(packed.cpu(), S, nchunks, chunk_size, T)
+            _VALIDATED.remember(given, chunk_size, T)
         for kernel, grid, args, kwargs in launches:
             kernel[grid](*args, **kwargs)
     if state_dtype is None:
@@ -262,6 +268,36 @@ def _check_metadata(host: torch.Tensor, nseqs: int, nchunks: int, chunk_size: in
                 f"{name}: disagrees with cu_seqlens={_short(offsets)} and chunk_size={chunk_size}: expected "
                 f"{_short(want)}, got {_short(have)} (build it with pytest_ssd.chunking.chunk_metadata)"
             )
+
+
+class _ValidatedMetadata:
+    """Metadata tensors already checked against their cu_seqlens, so a model that passes one batch's
+    metadata to every layer pays the device-to-host copy (and the GPU idling behind it) once per
+    batch, not once per layer.
+
+    A hit needs the very same tensor objects (held by weak reference, so a freed tensor whose
+    memory is reused never matches) at the same ``_version`` (bumped by any in-place write).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._entries: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+    @staticmethod
+    def _key(tensors: tuple, chunk_size: int, total_tokens: int) -> tuple:
+        return tuple((id(t), t._version) for t in tensors) + (chunk_size, total_tokens)
+
+    def seen(self, tensors: tuple, chunk_size: int, total_tokens: int) -> bool:
+        refs = self._entries.get(self._key(tensors, chunk_size, total_tokens))
+        return refs is not None and all(ref() is t for ref, t in zip(refs, tensors))
+
+    def remember(self, tensors: tuple, chunk_size: int, total_tokens: int) -> None:
+        self._entries[self._key(tensors, chunk_size, total_tokens)] = tuple(weakref.ref(t) for t in tensors)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+_VALIDATED = _ValidatedMetadata()
 
 
 def _short(values: list, limit: int = 16) -> str:
