@@ -64,6 +64,9 @@ class Mixer2Layer:
     A: torch.Tensor = field(repr=False)
     dt_bias: torch.Tensor = field(repr=False)
     D: torch.Tensor = field(repr=False)
+    # The SSD call gets z (the gate fused into the kernel). vLLM's Mixer2 gates in its norm and
+    # passes z=None, so the default is False; HAS_Z is a constexpr, so the warmup must know.
+    gated: bool = False
 
     @property
     def local_heads(self) -> int:
@@ -104,6 +107,7 @@ def make_mixer2_layer(
     d_has_hdim: bool = False,
     dt_softplus: bool = True,
     dt_limit: Sequence[float] = (0.0, float("inf")),
+    gated: bool = False,
     seed: int = 0,
     device: Union[str, torch.device] = "cpu",
 ) -> Mixer2Layer:
@@ -124,6 +128,7 @@ def make_mixer2_layer(
     check_dtype_value("state_dtype", state_dtype, STATE_DTYPES)
     check_bool("d_has_hdim", d_has_hdim)
     check_bool("dt_softplus", dt_softplus)
+    check_bool("gated", gated)
     dt_limit = check_dt_limit(dt_limit)
     _check_seed(seed)
     device = _check_device(device)
@@ -147,7 +152,7 @@ def make_mixer2_layer(
         nheads=nheads, head_dim=head_dim, n_groups=n_groups, ssm_state_size=ssm_state_size,
         chunk_size=chunk_size, tp_size=tp_size, dtype=dtype, state_dtype=state_dtype,
         dt_softplus=dt_softplus, dt_limit=dt_limit, d_has_hdim=d_has_hdim, seed=seed,
-        A=param(-torch.exp(A_log)), dt_bias=param(dt_bias), D=param(D),
+        A=param(-torch.exp(A_log)), dt_bias=param(dt_bias), D=param(D), gated=gated,
     )
 
 
@@ -240,7 +245,7 @@ def make_ssd_inputs(
     *,
     seed: int,
     with_initial_states: bool = False,
-    with_z: bool = False,
+    with_z: Optional[bool] = None,
     device: Optional[Union[str, torch.device]] = None,
 ) -> SSDInputs:
     """Random (randn) packed inputs for ``layer``: one sequence per entry of ``seqlens``.
@@ -255,6 +260,7 @@ def make_ssd_inputs(
     seqlens = _check_seqlens(seqlens)
     _check_seed(seed)
     check_bool("with_initial_states", with_initial_states)
+    with_z = layer.gated if with_z is None else with_z  # default: what the layer's SSD call gets
     check_bool("with_z", with_z)
     device = layer.device if device is None else _check_device(device)
 

@@ -130,7 +130,10 @@ OPTIONS = (
            "run the whole session in Triton compile-only mode for this target (e.g. cuda:90): kernels compile, nothing executes"),
     Option("persist_autotune", "--ssd-persist-autotune", _path, None,
            "Triton cache dir with persisted autotune results (Triton 3.4+), shared safely by xdist workers"),
-    Option("max_spike", "--ssd-max-spike", _ratio, 1.5,
+    # Generous on purpose: a first request after a good warmup still pays one-time costs (new
+    # workspace sizes from the allocator, the first metadata check), measured 1.7-2.4x on an H100;
+    # a compile or autotune on the first request is 1000x and more.
+    Option("max_spike", "--ssd-max-spike", _ratio, 4.0,
            "largest first-call / steady-state latency ratio the GPU latency checks accept"),
 )
 
@@ -148,7 +151,7 @@ class Settings:
     device: str = "auto"
     compile_only: Optional[str] = None
     persist_autotune: Optional[str] = None
-    max_spike: float = 1.5
+    max_spike: float = 4.0
     sources: dict = field(default_factory=dict)  # option name -> "cli" | "env" | "ini" | "default"
 
     def describe(self) -> list:

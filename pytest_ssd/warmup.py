@@ -42,15 +42,15 @@ def warmup_ssd_kernels(
     *,
     device: Optional[Union[str, torch.device]] = None,
     kernel: Optional[Callable] = None,
-    with_z: bool = False,
+    with_z: Optional[bool] = None,
 ) -> WarmupResult:
     """Run ``kernel`` (default: the bundled one) once with and once without initial states.
 
     ``layer`` is a :class:`pytest_ssd.layer.Mixer2Layer`: its local dims, chunk size, model dtype
     and SSM state dtype, A, dt_bias, D (of its shape), dt_softplus and dt_limit are exactly what
     inference passes. Inputs are random (randn, never zeros), two sequences: one a few tokens
-    over a chunk boundary, one of a single token. ``with_z`` also warms the gated output
-    (vLLM's Mixer2 gates in its norm and passes ``z=None``, the default).
+    over a chunk boundary, one of a single token. ``with_z`` (default: ``layer.gated``) warms
+    the gated output (vLLM's Mixer2 gates in its norm and passes ``z=None``).
 
     A configuration already warmed in this process is skipped (``calls == 0``); the first
     warmup of each configuration logs one line on the ``pytest_ssd`` logger. Inside
@@ -61,6 +61,7 @@ def warmup_ssd_kernels(
     if kernel is None:
         from .kernels import mamba_chunk_scan_combined_varlen as kernel
     device = torch.device(layer.device if device is None else device)
+    with_z = layer.gated if with_z is None else with_z
     key = (getattr(kernel, "__module__", ""), getattr(kernel, "__qualname__", repr(kernel)), str(device),
            layer.local_heads, layer.head_dim, layer.local_groups, layer.ssm_state_size, layer.chunk_size,
            layer.dtype, layer.state_dtype, tuple(layer.D.shape), layer.dt_softplus, tuple(layer.dt_limit),

@@ -33,7 +33,9 @@ def warmup_without_initial_states(layer):
     ours(out=torch.empty_like(inputs.x), **inputs.kernel_kwargs(layer))
 """
 
-SUITE = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprovider", "--ssd-dtype", "fp32")
+# --ssd-device cpu: the same checks on a GPU machine (interpreter numerics, compile-only coverage).
+SUITE = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprovider", "--ssd-dtype", "fp32",
+         "--ssd-device", "cpu")
 
 
 def test_suite_passes_on_our_kernel(pytester):

@@ -23,8 +23,7 @@ class Case:
     name: str
     seqlens: dict  # scale -> list of sequence lengths
     layer: dict = field(default_factory=dict)  # make_mixer2_layer overrides
-    initial_states: bool = False
-    z: bool = False
+    initial_states: bool = False  # the batch carries initial states (the layer's z is layer={"gated": True})
 
     def layer_kwargs(self, scale: str, dtype: torch.dtype) -> dict:
         kwargs = dict(SCALES[scale], dtype=dtype, state_dtype=torch.float32)
@@ -43,15 +42,15 @@ CORRECTNESS_CASES = (
     Case("one_sequence_over_chunks", _lens([37], [300])),
     Case("varlen_mix", _lens([1, 16, 33, 5], [1, 64, 200, 513])),
     Case("initial_states", _lens([20, 1, 9], [129, 1, 64, 70]), initial_states=True),
-    Case("z_gate", _lens([19, 4], [150, 33]), z=True),
+    Case("z_gate", _lens([19, 4], [150, 33]), layer={"gated": True}),
     Case("D_per_channel", _lens([18, 7], [100, 65]), layer={"d_has_hdim": True}),
     Case("dt_limit", _lens([21, 3], [90, 31]), layer={"dt_limit": (0.01, 0.05)}),
     Case("no_softplus", _lens([17, 2], [70, 3]), layer={"dt_softplus": False, "dt_limit": (0.0, 0.1)}),
     Case("groups", _lens([23, 1], [140, 1]), layer={"n_groups": 2}),
     Case("tensor_parallel", _lens([18], [66]), layer={"n_groups": 2, "tp_size": 2}),
     Case("states_in_model_dtype", _lens([25, 2], [97, 2]), initial_states=True, layer={"state_dtype": "model"}),
-    Case("everything", _lens([1, 35, 16], [1, 260, 64]), initial_states=True, z=True,
-         layer={"d_has_hdim": True, "n_groups": 2, "dt_limit": (0.005, 0.08)}),
+    Case("everything", _lens([1, 35, 16], [1, 260, 64]), initial_states=True,
+         layer={"gated": True, "d_has_hdim": True, "n_groups": 2, "dt_limit": (0.005, 0.08)}),
 )
 
 # Warmup coverage: a Mamba2-2.7B-like layer (the anchors' workload) and requests of every

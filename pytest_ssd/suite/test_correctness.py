@@ -14,7 +14,7 @@ def test_matches_reference(case, ssd_dtype, ssd_mode, mixer2_layer, ssd_inputs, 
     scale = "gpu" if ssd_mode.device == "cuda" else "small"
     layer = mixer2_layer(**case.layer_kwargs(scale, ssd_dtype))
     ssd_warmup(layer)  # the numbers that count are the warmed kernel's
-    inputs = ssd_inputs(layer, case.seqlens[scale], with_initial_states=case.initial_states, with_z=case.z)
+    inputs = ssd_inputs(layer, case.seqlens[scale], with_initial_states=case.initial_states)
     out, states = ssd_kernel.run(layer, inputs)  # into a NaN-poisoned buffer, after warmup
     ref_out, ref_states = ssd_reference(**inputs.reference_kwargs(layer), output_dtype=torch.float64)
     ssd_assert_close(out, states, ref_out, ref_states, dtype=ssd_dtype, cu_seqlens=inputs.cu_seqlens)
