@@ -16,8 +16,9 @@ Each scenario runs in a fresh subprocess:
 - ``rerun``: empty cache dir, warmup and steady state again: the run-to-run spread.
 
 Steady state is the median of ``triton.testing.do_bench`` over calls that rotate through 4 input
-sets (each call includes the argument checks and the metadata's device-to-host copy): calls
-back to back, as a serving loop issues them. First request wall time is host time around one
+sets (each call includes the argument checks; the metadata's device-to-host check runs once per
+set of metadata tensors, as when a model's layers share one batch's metadata): calls back to
+back, as a serving loop issues them. First request wall time is host time around one
 call, synchronized before and after; it is compared with warm calls timed the same way
 ("1 call": median of 40; "idle": after 0.25 s of GPU idle each). "loop" times calls issued
 back to back with CUDA events (rotating inputs, no cache flush): a serving loop's view.

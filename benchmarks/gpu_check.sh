@@ -5,6 +5,7 @@
 #   suite.json   its pytest-ssd JSON report
 #   latency.json benchmarks/bench_latency.py (fresh process per scenario)
 #   recorder.json benchmarks/bench_recorder.py (launch overhead, compile-only prediction)
+#   bench.json   benchmarks/bench_kernel.py (steady state, first request, warmup; fresh processes)
 # Usage (device tool): bash benchmarks/gpu_check.sh [tests|suite|latency|recorder ...]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -23,6 +24,7 @@ for step in $steps; do
                 --ssd-report "$OUT/suite.json" 2>&1 | tee "$OUT/suite.log" ;;
     latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" 2>&1 | tail -20 ;;
     recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
+    kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 2>&1 | tail -8 ;;
     *) echo "unknown step $step"; false ;;
   esac
   rc=$?; [ $rc -ne 0 ] && { echo "step $step failed: $rc"; status=1; }
