@@ -57,7 +57,9 @@ class WorkerReport:
     warmups: list = field(default_factory=list)  # WarmupRecord
     cold: list = field(default_factory=list)  # ColdRecord
     latency: list = field(default_factory=list)  # LatencyRecord
-    unused_binaries: list = field(default_factory=list)  # describe() lines
+    # describe() lines; None until something measured it (it needs a cold recording of the
+    # workload, see pytest_ssd.coverage.compare(workload_cold=...)): unknown is not zero.
+    unused_binaries: Optional[list] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +72,7 @@ class WorkerReport:
             warmups=[WarmupRecord(**w) for w in data.get("warmups", [])],
             cold=[ColdRecord(**c) for c in data.get("cold", [])],
             latency=[LatencyRecord(**r) for r in data.get("latency", [])],
-            unused_binaries=list(data.get("unused_binaries", [])),
+            unused_binaries=data.get("unused_binaries"),
         )
 
 
@@ -92,7 +94,8 @@ class SessionReport:
             "cold_tests_failed": sum(1 for c in cold if c.outcome == "failed"),
             "cold_events_call": sum(len(c.lines) for c in cold if c.phase == "call"),
             "cold_events_setup": sum(len(c.lines) for c in cold if c.phase == "setup"),
-            "unused_binaries": sum(len(wr.unused_binaries) for wr in self.workers),
+            "unused_binaries": (None if all(wr.unused_binaries is None for wr in self.workers)
+                                else sum(len(wr.unused_binaries or []) for wr in self.workers)),
         }
 
     def to_dict(self) -> dict:
@@ -142,7 +145,8 @@ class SessionReport:
             f"total: {t['workers']} worker(s), {t['warmups']} warmup(s) {t['warmup_seconds']:.2f}s "
             f"{t['warmup_binaries']} binaries; cold: {t['cold_tests_failed']} test(s) failed, "
             f"{t['cold_events_call']} call-phase and {t['cold_events_setup']} fixture event(s); "
-            f"{t['unused_binaries']} unused warm binaries"
+            + ("unused warm binaries not measured" if t["unused_binaries"] is None
+               else f"{t['unused_binaries']} unused warm binaries")
         )
         return lines
 
