@@ -114,12 +114,17 @@ def ssd_assert_close(request, ssd_seed) -> Callable:
 
 @pytest.fixture
 def ssd_coverage_check(pytestconfig) -> Callable:
-    """``ssd_coverage_check(warm_recording, workload, what=...)``: run ``workload()`` and fail if it
-    compiles or autotunes anything, each event explained against the process's warm set.
+    """``ssd_coverage_check(warm_recording, workload, what=..., cold=None)``: run ``workload()`` and
+    fail if it compiles or autotunes anything, each event explained against the process's warm set.
+
+    ``cold``: a Recording of the same workload from a cold start (see
+    :mod:`pytest_ssd.cold_workload`); with it, warm binaries the workload never needs are filed
+    as unused in the report.
     """
     session = ssd_session(pytestconfig)
 
-    def check(warm, workload: Callable, what: str = "workload") -> None:
+    def check(warm, workload: Callable, what: str = "workload", cold=None) -> None:
+        from .coverage import compare
         from .events import record_triton
 
         if session.kernel_interpreted:
@@ -127,6 +132,10 @@ def ssd_coverage_check(pytestconfig) -> Callable:
                         f"check warmup coverage with --ssd-compile-only cuda:90 (or on a GPU)")
         with record_triton() as rec:
             workload()
+        if cold is not None:
+            unused = compare(warm, rec, workload_cold=cold).unused
+            known = session.report.unused_binaries or []
+            session.report.unused_binaries = known + [e.describe() for e in unused if e.describe() not in known]
         if rec.events:
             lines = session.explain(rec.events)
             session.add_warm(rec.events)

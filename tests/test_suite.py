@@ -25,6 +25,14 @@ def skips_initial_states(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlen
     return ours(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_indices, seq_idx, out, **kw)
 
 
+def warmup_too_much(layer):
+    # Warms the gated (HAS_Z=True) binaries too, which an ungated layer's requests never use.
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    warmup_ssd_kernels(layer)
+    warmup_ssd_kernels(layer, with_z=True)
+
+
 def warmup_without_initial_states(layer):
     # The seed's mistake, half of it: only the HAS_INITSTATES=False binaries get warmed.
     from pytest_ssd.layer import make_ssd_inputs
@@ -88,3 +96,16 @@ def test_suite_fails_on_a_warmup_that_skips_has_initstates_true(pytester):
         "*Triton compile/autotune event(s) after warmup*",
         "*HAS_INITSTATES=True*never warmed (warmup had False)*",
     ])
+
+
+def test_unused_warm_binaries_are_reported(pytester):
+    pytester.makepyfile(broken=BROKEN)
+    pytester.syspathinsert()
+    report = pytester.path / "r.json"
+    result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_too_much", "-k", "coverage",
+                                           f"--ssd-report={report}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*unused warm binaries main: 2*", "*_chunk_scan_kernel*HAS_Z=True*"])
+    data = json.loads(report.read_text())
+    assert data["totals"]["unused_binaries"] == 2
+    assert all("HAS_Z=True" in line for line in data["workers"][0]["unused_binaries"])
