@@ -137,8 +137,7 @@ def ssd_coverage_check(pytestconfig) -> Callable:
             known = session.report.unused_binaries or []
             session.report.unused_binaries = known + [e.describe() for e in unused if e.describe() not in known]
         if rec.events:
-            lines = session.explain(rec.events)
-            session.add_warm(rec.events)
+            lines = session.absorb(rec.events)
             pytest.fail(f"{what}: {len(rec.events)} Triton compile/autotune event(s) after warmup "
                         f"({len(warm.events)} event(s) in the warmup):\n  " + "\n  ".join(lines), pytrace=False)
 
@@ -152,11 +151,13 @@ def ssd_latency(request, ssd_mode) -> Callable:
     With ``max_ratio`` it asserts (see :func:`pytest_ssd.latency.assert_no_latency_spike`): a cold
     first call always fails; the ratio fails only with device timings on a GPU.
     """
+    import torch
+
     from .latency import assert_no_latency_spike, measure_latency
     from .report import LatencyRecord
 
     session = ssd_session(request.config)
-    device = torch_device(ssd_mode.device)
+    device = torch.device(ssd_mode.device)
 
     def measure(fn: Callable, input_sets, *, name: str = None, max_ratio: float = None, **kwargs):
         if max_ratio is None:
@@ -175,8 +176,3 @@ def ssd_latency(request, ssd_mode) -> Callable:
 
     return measure
 
-
-def torch_device(name: str):
-    import torch
-
-    return torch.device(name)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Optional
 
 import pytest
@@ -140,14 +139,13 @@ def _enforced(item: pytest.Item) -> bool:
     return bool(settings.require_warm or item.get_closest_marker("ssd_requires_warm"))
 
 
-def _record_phase(item: pytest.Item, phase: str, rec, seconds: float, test_failed: bool) -> Optional[str]:
+def _record_phase(item: pytest.Item, phase: str, rec, test_failed: bool) -> Optional[str]:
     """File what a phase compiled; returns the failure message when it must fail the test."""
     session = ssd_session(item.config)
     events = session.outside_warmups(rec.events)  # the warmup reports its own
     if not events:
         return None
-    lines = session.explain(events)
-    session.add_warm(events)
+    lines = session.absorb(events)
     allow = item.get_closest_marker("ssd_allow_cold")
     if phase != "call" or not _enforced(item):
         outcome = "reported"
@@ -155,7 +153,7 @@ def _record_phase(item: pytest.Item, phase: str, rec, seconds: float, test_faile
         outcome = "allowed"
     else:
         outcome = "failed"
-    cost = sum(getattr(e, "seconds", 0.0) or 0.0 for e in events)
+    cost = sum(e.seconds or 0.0 for e in events)
     allow_reason = (allow.kwargs.get("reason") or (allow.args[0] if allow.args else "no reason given")) if allow else None
     session.report.cold.append(ColdRecord(nodeid=item.nodeid, phase=phase, outcome=outcome, seconds=round(cost, 4),
                                           lines=lines, allow_reason=allow_reason))
@@ -170,7 +168,6 @@ def _watch_phase(item: pytest.Item, phase: str):
     from .events import record_triton
 
     failed = False
-    start = time.perf_counter()
     with record_triton() as rec:
         try:
             result = yield
@@ -178,7 +175,7 @@ def _watch_phase(item: pytest.Item, phase: str):
             failed = True
             raise
         finally:
-            message = _record_phase(item, phase, rec, time.perf_counter() - start, failed)
+            message = _record_phase(item, phase, rec, failed)
     if message:
         pytest.fail(message, pytrace=False)
     return result

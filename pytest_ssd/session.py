@@ -168,7 +168,7 @@ class SSDSession:
             fresh = sum(1 for e in compiles if e.source != "disk")
             cold_seconds = _remember_cold_warmup(persist, key, seconds, cold=bool(compiles) and fresh == len(compiles))
         self._warmups[key] = rec
-        self.add_warm(rec.events)
+        self._warm_events.extend(rec.events)
         self.report.warmups.append(WarmupRecord(
             layer=key, seconds=round(seconds, 4), compiles=len(compiles), compiled_fresh=fresh,
             autotunes=len(autotunes), autotunes_persisted=sum(1 for e in autotunes if e.source == "persisted"),
@@ -186,14 +186,14 @@ class SSDSession:
         return [e for e in events if e not in during_warmups]
 
     # ---- the warm set and explanations --------------------------------------------------------
-    def add_warm(self, events: list) -> None:
-        self._warm_events.extend(events)
+    def absorb(self, events: list) -> list:
+        """Explain cold events against the warm set, then count them as warm from now on.
 
-    def explain(self, events: list) -> list:
-        """One line per cold event: the binary and why the warm set did not have it."""
+        Returns one line per event: the binary and why the warm set did not have it.
+        """
         from .coverage import compare
         from .events import Recording
 
         report = compare(Recording(events=list(self._warm_events)), Recording(events=list(events)))
-        reasons = {id(ev): reason for ev, reason in report.missing}
-        return [f"{ev.describe()} -- {reasons.get(id(ev), 'not in the warm set')}" for ev in events]
+        self._warm_events.extend(events)
+        return [f"{miss.event.describe()} -- {miss.reason}" for miss in report.missing]

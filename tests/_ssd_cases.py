@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from pytest_ssd.adapters import poisoned_like
 from pytest_ssd.assertions import Tolerance, assert_ssd_close, mismatch_report, tolerance_for
 from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
 from pytest_ssd.reference import ssd_reference
@@ -36,7 +37,7 @@ def with_slow_decay(layer, seed: int):
 
 def run_kernel(layer, inputs, *, return_intermediate_states: bool = False):
     """The bundled kernel into a NaN-poisoned ``out``; returns ``(out, states)``."""
-    out = torch.full_like(inputs.x, float("nan"))
+    out = poisoned_like(inputs.x)
     states = mamba_chunk_scan_combined_varlen(out=out, return_intermediate_states=return_intermediate_states,
                                               **inputs.kernel_kwargs(layer))
     return out, states

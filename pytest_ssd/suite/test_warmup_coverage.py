@@ -12,10 +12,8 @@ from pytest_ssd.suite.cases import COVERAGE_LAYER, COVERAGE_REQUESTS
 
 
 @pytest.fixture(scope="module")
-def coverage_mode(pytestconfig):
-    from pytest_ssd.plugin import ssd_session
-
-    mode = ssd_session(pytestconfig).mode
+def coverage_mode(ssd_mode):
+    mode = ssd_mode
     if mode.coverage_target and not mode.compile_only:
         from pytest_ssd.compile_only import compile_only
 
