@@ -108,14 +108,24 @@ def _values(values: list[Any]) -> str:
 
 # -- compiles ------------------------------------------------------------------------------
 
-def _why_compiled(event: CompileEvent, warmed: list[CompileEvent], warmup: Recording) -> str:
+def _nearest(event: Event, warmed: list, warmup: Recording, diffs: Any, again: str) -> tuple[Any, list] | str:
+    """The warmed item of the same kernel that differs from ``event`` in the fewest fields, and
+    all of that kernel's; or the reason itself when there is nothing to diff against."""
     same = _same_kernel(event, warmed)
     if not same:
         return _never_warmed(event, warmup)
-    if any(b.identity == event.identity for b in same):
-        return ("identical binary was warmed, yet compiled again: the warmup ran in another process, "
-                "on another device, or on another kernel object")
-    nearest = min(same, key=lambda b: len(_compile_diffs(event, b)))
+    if any(w.identity == event.identity for w in same):
+        return again
+    return min(same, key=lambda w: len(diffs(event, w))), same
+
+
+def _why_compiled(event: CompileEvent, warmed: list[CompileEvent], warmup: Recording) -> str:
+    found = _nearest(event, warmed, warmup, _compile_diffs,
+                     "identical binary was warmed, yet compiled again: the warmup ran in another process, "
+                     "on another device, or on another kernel object")
+    if isinstance(found, str):
+        return found
+    nearest, same = found
     return "; ".join(_explain(event, nearest, same, diff) for diff in _compile_diffs(event, nearest))
 
 
@@ -174,13 +184,12 @@ def _tune_diffs(event: AutotuneEvent, warm: AutotuneEvent) -> list[tuple[str, st
 
 
 def _why_tuned(event: AutotuneEvent, warmed: list[AutotuneEvent], warmup: Recording) -> str:
-    same = _same_kernel(event, warmed)
-    if not same:
-        return _never_warmed(event, warmup)
-    if any(k.identity == event.identity for k in same):
-        return ("identical autotune key was tuned during warmup, yet tuned again: the warmup ran in another "
-                "process or on another autotuner object")
-    nearest = min(same, key=lambda k: len(_tune_diffs(event, k)))
+    found = _nearest(event, warmed, warmup, _tune_diffs,
+                     "identical autotune key was tuned during warmup, yet tuned again: the warmup ran in another "
+                     "process or on another autotuner object")
+    if isinstance(found, str):
+        return found
+    nearest, same = found
     reasons = []
     for kind, name in _tune_diffs(event, nearest):
         if kind == "value":

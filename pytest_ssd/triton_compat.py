@@ -83,16 +83,6 @@ def kernel_pair(
     return KernelPair(compiled=compiled, interpreted=interpreted)
 
 
-def base_jit_function(kernel: Any) -> Any:
-    """The ``JITFunction`` under any stack of ``Autotuner``/``Heuristics`` wrappers."""
-    from triton.runtime.jit import JITFunction
-
-    fn = kernel
-    while not isinstance(fn, JITFunction) and hasattr(fn, "fn"):
-        fn = fn.fn
-    return fn
-
-
 # --------------------------------------------------------------------------------------
 # Autotuning that can be defined without a GPU.
 # --------------------------------------------------------------------------------------
