@@ -16,12 +16,14 @@ Each scenario runs in a fresh subprocess:
 - ``rerun``: empty cache dir, warmup and steady state again: the run-to-run spread.
 
 Steady state is the median of ``triton.testing.do_bench`` over calls that rotate through 4 input
-sets (each call includes the argument checks; the metadata's device-to-host check runs once per
-set of metadata tensors, as when a model's layers share one batch's metadata): calls back to
-back, as a serving loop issues them. First request wall time is host time around one
-call, synchronized before and after; it is compared with warm calls timed the same way
-("1 call": median of 40; "idle": after 0.25 s of GPU idle each). "loop" times calls issued
-back to back with CUDA events (rotating inputs, no cache flush): a serving loop's view.
+sets (each call includes the argument checks; metadata comes from ``chunk_metadata``): calls
+back to back, as a serving loop issues them. First request wall time is host time around one
+call, synchronized before and after, its inputs drawn before the warmup so that it follows
+the warmup at once; "first / do_bench" is the target's ratio. Warm calls timed like the first
+request: "1 call" (median of 40) and "idle" (after 0.25 s of GPU idle each); the matmul
+control times a bf16 5120^3 product the same two ways, so what an idle GPU costs any kernel
+is on the same line. "loop" times calls issued back to back with CUDA events (rotating
+inputs, no cache flush): a serving loop's view.
 ``--sweep`` times candidate launch configs per stage (one process) to pick ``kernels/configs.py``.
 """
 from __future__ import annotations
@@ -77,12 +79,13 @@ def _inputs(layer, request, device, with_init, n_sets=1, seed=0):
     return sets
 
 
-def _first_request(torch, layer, request, device, with_init):
+def _first_request(torch, layer, request, device, prepared):
+    """``prepared``: ``(kwargs, out)`` drawn before the warmup, so the request follows it at once."""
     from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
 
     from pytest_ssd.events import record_triton
 
-    (kwargs, out), = _inputs(layer, request, device, with_init, seed=1000 + with_init)
+    kwargs, out = prepared
     _sync(torch, device)
     segments = _segments(torch, device)
     with record_triton() as rec:
@@ -212,10 +215,41 @@ def _per_kernel(torch, layer, request, device):
     return {"kernels_ms_per_call": kernels, "metadata_check_ms": round(check_ms, 4)}
 
 
+def _matmul_control(torch, device) -> dict:
+    """A bf16 5120^3 matrix product (about the kernel's device time) timed like a request: after
+    the GPU sat idle 0.25 s, and back to back. What the device's idle state costs any kernel."""
+    import statistics
+
+    if device != "cuda":
+        return {}
+    a, b = (torch.randn(5120, 5120, device=device, dtype=torch.bfloat16) for _ in range(2))
+    torch.mm(a, b)
+
+    def one(idle_s):
+        time.sleep(idle_s)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+    idle = statistics.median(one(0.25) for _ in range(8))
+    busy = statistics.median(one(0.0) for _ in range(40))
+    return {"after_idle_ms": round(idle, 4), "back_to_back_ms": round(busy, 4), "ratio": round(idle / busy, 3),
+            "timer": "host wall clock around a synchronized torch.mm"}
+
+
 def run_scenario(name: str) -> dict:
     torch, layer, device, request = _setup()
     from pytest_ssd.events import record_triton
     from pytest_ssd.warmup import warmup_ssd_kernels
+
+    # Drawn before the warmup: the first request follows it at once, as in a server that
+    # starts taking requests when its warmup returns (drawing takes seconds of CPU time, in
+    # which an idle GPU drops its clocks: the idle figures below and the matmul control show
+    # what that costs).
+    prepared = {init: _inputs(layer, request, device, init, seed=1000 + init)[0] for init in (False, True)}
+    _sync(torch, device)
 
     result = {"scenario": name, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"),
               "triton_cache_autotuning": os.environ.get("TRITON_CACHE_AUTOTUNING")}
@@ -230,8 +264,8 @@ def run_scenario(name: str) -> dict:
                             "compiled_fresh": sources.count("compiled"), "from_disk": sources.count("disk"),
                             "autotune_benchmarks": len(rec.autotunes), "summary": rec.summary(),
                             "warmed": warm.warmed}
-    result["first_request"] = _first_request(torch, layer, request, device, with_init=False)
-    result["first_request_initial_states"] = _first_request(torch, layer, request, device, with_init=True)
+    result["first_request"] = _first_request(torch, layer, request, device, prepared[False])
+    result["first_request_initial_states"] = _first_request(torch, layer, request, device, prepared[True])
     result["steady"] = _steady(torch, layer, request, device, with_init=False)
     result["steady_initial_states"] = _steady(torch, layer, request, device, with_init=True)
     result["loop"] = _loop(torch, layer, request, device, with_init=False)
@@ -239,6 +273,7 @@ def run_scenario(name: str) -> dict:
     result["isolated"] = _isolated(torch, layer, request, device, with_init=False, n=40)
     result["isolated_after_idle"] = _isolated(torch, layer, request, device, with_init=False, n=8, idle_s=0.25)
     result["isolated_initial_states"] = _isolated(torch, layer, request, device, with_init=True, n=40)
+    result["matmul_control"] = _matmul_control(torch, device)
     if name == "cold":
         result.update(_per_kernel(torch, layer, request, device))
     return result
@@ -378,8 +413,7 @@ def _table(results: list) -> str:
     lines = [f"{'scenario':11s} {'warmup s':>9s} {'misses (fresh/disk)':>19s} | "
              f"{'1st req ms':>10s} {'cmp':>3s} {'tune':>4s} | "
              f"{'1st init ms':>11s} {'cmp':>3s} | {'do_bench':>8s} {'init':>6s} {'loop':>6s} {'init':>6s} | "
-             f"{'1 call ms':>9s} {'idle':>6s} "
-             f"{'init':>6s} | first / 1 call"]
+             f"{'1 call ms':>9s} {'idle':>6s} {'init':>6s} | first / do_bench | matmul idle / busy"]
     for r in results:
         if "error" in r:
             lines.append(f"{r['scenario']:11s} ERROR {r['error']}")
@@ -388,14 +422,15 @@ def _table(results: list) -> str:
         f1, f2 = r["first_request"], r["first_request_initial_states"]
         s1, s2 = r["steady"]["median_ms"], r["steady_initial_states"]["median_ms"]
         i1, i2, i3 = (r[k]["median_ms"] for k in ("isolated", "isolated_after_idle", "isolated_initial_states"))
-        ratio = f"{f1['wall_ms'] / i1:.2f}x / {f2['wall_ms'] / i3:.2f}x" if i1 and i3 else "-"
+        ratio = f"{f1['wall_ms'] / s1:.2f}x / {f2['wall_ms'] / s2:.2f}x" if s1 and s2 else "-"
+        mm = r.get("matmul_control", {})
+        control = f"{mm['after_idle_ms']:.3f} / {mm['back_to_back_ms']:.3f} ms" if mm else "-"
         misses = f"{w['jit_misses']} ({w['compiled_fresh']}/{w['from_disk']})" if w else "-"
         lines.append(f"{r['scenario']:11s} {w.get('seconds', float('nan')):9.2f} {misses:>19s} | "
                      f"{f1['wall_ms']:10.3f} {f1['compiles']:3d} {f1['autotune_benchmarks']:4d} | "
                      f"{f2['wall_ms']:11.3f} {f2['compiles']:3d} | {s1:8.4f} {s2:6.4f} "
                      f"{r['loop'].get('median_ms', 0):6.4f} {r['loop_initial_states'].get('median_ms', 0):6.4f} | "
-                     f"{i1:9.3f} {i2:6.3f} "
-                     f"{i3:6.3f} | {ratio}")
+                     f"{i1:9.3f} {i2:6.3f} {i3:6.3f} | {ratio:>16s} | {control}")
     return "\n".join(lines)
 
 

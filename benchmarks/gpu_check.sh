@@ -6,7 +6,8 @@
 #   latency.json benchmarks/bench_latency.py (fresh process per scenario)
 #   recorder.json benchmarks/bench_recorder.py (launch overhead, compile-only prediction)
 #   bench.json   benchmarks/bench_kernel.py (steady state, first request, warmup; fresh processes)
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|suite|latency|recorder ...]
+#   probe.json   benchmarks/probe_first_request.py (where a request's wall time goes, idle vs busy GPU)
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|suite|latency|recorder|kernel|probe ...]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -25,6 +26,7 @@ for step in $steps; do
     latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" 2>&1 | tail -20 ;;
     recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
     kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 2>&1 | tail -8 ;;
+    probe)    python3 benchmarks/probe_first_request.py "$OUT/probe.json" --children 3 2>&1 | tail -24 ;;
     *) echo "unknown step $step"; false ;;
   esac
   rc=$?; [ $rc -ne 0 ] && { echo "step $step failed: $rc"; status=1; }

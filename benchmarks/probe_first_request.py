@@ -1,56 +1,171 @@
-"""Where does the first request's extra time go after a good warmup? (GPU probe, one process each)
+"""Where does the first request's extra time go after a good warmup? (GPU probe)
 
-Times, in fresh processes: the first request after warmup; the same request warm after the GPU
-sat idle 0.25 s; warm back to back. Variant "reserve": the warmup is followed by one allocation
-of the request's workspace size, so the caching allocator already holds the block.
+Each child process warms the bundled kernel for the anchors' layer, then times single calls
+(synchronize, call, synchronize: what a request arriving alone sees) after the GPU sat idle for
+0 to 250 ms, with a new batch's metadata per call (built by ``chunk_metadata``, and as foreign
+tensors the kernel must read back once). Per call it splits
+the wall time into host time before the first launch, the launches, the device span (CUDA
+events around the four kernels) and the tail; a plain bf16 matrix product of about the same
+device time is timed the same way, so what is the device waking up and what is ours can be
+told apart.
 
-    python benchmarks/probe_first_request.py [plain|reserve]
+    python benchmarks/probe_first_request.py [RESULT.json] [--children N]
 """
+from __future__ import annotations
+
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
+IDLE_GAPS_S = (0.0, 0.002, 0.01, 0.05, 0.25)
+CALLS_PER_GAP = 12
 
-def child(variant: str) -> dict:
+
+def _instrumented(combined, torch):
+    """Wrap the entry's launches with host clocks and CUDA events; returns the per-call log."""
+    log = {}
+    launch, check = combined._launch, combined._check_metadata
+
+    def timed_launch(*args):
+        if not log["launch_host"]:
+            log["t_first_launch"] = time.perf_counter()
+            log["events"][0].record()
+        t = time.perf_counter()
+        launch(*args)
+        log["launch_host"].append(time.perf_counter() - t)
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        log["events"].append(event)
+
+    def timed_check(*args, **kwargs):
+        log["checked"] = True
+        return check(*args, **kwargs)
+
+    combined._launch, combined._check_metadata = timed_launch, timed_check
+    return log
+
+
+def child() -> dict:
     import torch
 
     from pytest_ssd.adapters import poisoned_like
-    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen as kernel
+    from pytest_ssd.chunking import chunk_metadata
+    from pytest_ssd.kernels import combined
     from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
-    from pytest_ssd.suite.cases import COVERAGE_LAYER
     from pytest_ssd.warmup import warmup_ssd_kernels
 
-    layer = make_mixer2_layer(**COVERAGE_LAYER, dtype=torch.bfloat16, state_dtype=torch.float32, device="cuda")
-    warmup_ssd_kernels(layer)
+    layer = make_mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
+                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
+    warmed = warmup_ssd_kernels(layer)
     sets = [make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=i) for i in range(4)]
     outs = [poisoned_like(s.x) for s in sets]
-    if variant == "reserve":
-        torch.empty(40 * 1024 * 1024, dtype=torch.float32, device="cuda")  # ~160 MB, freed to the cache
+    a = torch.randn(5120, 5120, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(5120, 5120, device="cuda", dtype=torch.bfloat16)
+    log = _instrumented(combined, torch)
+    meta_names = ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")
 
-    def call(i):
+    def kernel_call(i: int, foreign: bool = False) -> dict:
+        kwargs = sets[i % 4].kernel_kwargs(layer)
+        if foreign:  # a new batch's metadata built by the model: checked once, with a copy to the host
+            kwargs.update({k: kwargs[k].clone() for k in meta_names})
+        else:  # a new batch's metadata from pytest_ssd.chunking.chunk_metadata: right by construction
+            cu_seqlens = kwargs["cu_seqlens"].clone()
+            meta = chunk_metadata(cu_seqlens, layer.chunk_size)
+            kwargs.update(cu_seqlens=cu_seqlens, cu_chunk_seqlens=meta.cu_chunk_seqlens, seq_idx=meta.seq_idx,
+                          last_chunk_indices=meta.last_chunk_indices)
+        log.update(launch_host=[], events=[torch.cuda.Event(enable_timing=True)], checked=False)
         torch.cuda.synchronize()
-        t = time.perf_counter()
-        kernel(out=outs[i % 4], **sets[i % 4].kernel_kwargs(layer))
+        t0 = time.perf_counter()
+        combined.mamba_chunk_scan_combined_varlen(out=outs[i % 4], **kwargs)
+        t_launched = time.perf_counter()
         torch.cuda.synchronize()
-        return (time.perf_counter() - t) * 1e3
+        t1 = time.perf_counter()
+        ev = log["events"]
+        return {"wall": (t1 - t0) * 1e3, "before_launch": (log["t_first_launch"] - t0) * 1e3,
+                "launches_host": sum(log["launch_host"]) * 1e3, "after_launch_host": (t1 - t_launched) * 1e3,
+                "device_span": ev[0].elapsed_time(ev[-1]), "metadata_read_back": float(log["checked"]),
+                "stages": [ev[j].elapsed_time(ev[j + 1]) for j in range(len(ev) - 1)]}
 
+    def matmul_call() -> dict:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        start.record()
+        torch.mm(a, b)
+        end.record()
+        torch.cuda.synchronize()
+        return {"wall": (time.perf_counter() - t0) * 1e3, "device_span": start.elapsed_time(end)}
+
+    result = {"warmup_s": round(warmed.seconds, 3), "gaps": {}}
     time.sleep(0.25)
-    first = call(0)
-    idle = []
-    for i in range(1, 11):
-        time.sleep(0.25)
-        idle.append(call(i))
-    busy = [call(i) for i in range(40)]
-    return {"variant": variant, "first_ms": round(first, 3), "idle_warm_median_ms": round(statistics.median(idle), 3),
-            "back_to_back_median_ms": round(statistics.median(busy), 3)}
+    result["first_request"] = kernel_call(0)
+    time.sleep(0.25)
+    result["first_matmul"] = matmul_call()
+    for gap in IDLE_GAPS_S:
+        kern, foreign, mm = [], [], []
+        for i in range(CALLS_PER_GAP):
+            time.sleep(gap)
+            kern.append(kernel_call(i + 1))
+            time.sleep(gap)
+            foreign.append(kernel_call(i + 1, foreign=True))
+            time.sleep(gap)
+            mm.append(matmul_call())
+        result["gaps"][str(gap)] = {"kernel": _medians(kern), "foreign_metadata": _medians(foreign),
+                                    "matmul": _medians(mm)}
+    return result
+
+
+def _medians(rows: list) -> dict:
+    out = {}
+    for key, value in rows[0].items():
+        if isinstance(value, list):
+            out[key] = [round(statistics.median(r[key][j] for r in rows), 4) for j in range(len(value))]
+        else:
+            out[key] = round(statistics.median(r[key] for r in rows), 4)
+    return out
+
+
+def _round(d: dict) -> dict:
+    return {k: ([round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)) for k, v in d.items()}
+
+
+def main(argv: list) -> int:
+    path = next((a for a in argv if a.endswith(".json")), None)
+    children = int(argv[argv.index("--children") + 1]) if "--children" in argv else 3
+    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="probe-cache-"))
+    runs = []
+    for _ in range(children):
+        proc = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, env=env)
+        if proc.returncode:
+            print(proc.stderr[-3000:])
+            return 1
+        run = json.loads(proc.stdout.strip().splitlines()[-1])
+        run["first_request"], run["first_matmul"] = _round(run["first_request"]), _round(run["first_matmul"])
+        runs.append(run)
+        first = run["first_request"]
+        print(f"first request: wall {first['wall']:.3f} ms, "
+              f"before 1st launch {first['before_launch']:.3f}, launches {first['launches_host']:.3f}, "
+              f"device span {first['device_span']:.3f}, stages {first['stages']}; "
+              f"first matmul wall {run['first_matmul']['wall']:.3f} / device {run['first_matmul']['device_span']:.3f}")
+        print(f"{'idle s':>7} | {'kern wall':>9} {'pre-launch':>10} {'launches':>8} {'dev span':>8} | "
+              f"{'foreign':>7} | {'mm wall':>8} {'mm dev':>7} | stages")
+        for gap, row in run["gaps"].items():
+            k, f, m = row["kernel"], row["foreign_metadata"], row["matmul"]
+            print(f"{gap:>7} | {k['wall']:9.3f} {k['before_launch']:10.3f} {k['launches_host']:8.3f} "
+                  f"{k['device_span']:8.3f} | {f['wall']:7.3f} | {m['wall']:8.3f} {m['device_span']:7.3f} | "
+                  f"{k['stages']}")
+    if path:
+        with open(path, "w") as f:
+            json.dump(runs, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2])))
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps(child()))
     else:
-        for variant in (sys.argv[1:] or ["plain", "reserve", "plain", "reserve"]):
-            out = subprocess.run([sys.executable, __file__, "--child", variant], capture_output=True, text=True)
-            print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr[-2000:])
+        sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,8 @@ sequence of each chunk) and ``last_chunk_indices=[0, 2]`` (each sequence's last 
 """
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,7 +64,11 @@ def chunk_metadata(cu_seqlens: torch.Tensor, chunk_size: int) -> ChunkMetadata:
     def as_tensor(values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int32, device=device)
 
-    return ChunkMetadata(as_tensor(cu_chunks), as_tensor(seq_idx), as_tensor(last))
+    meta = ChunkMetadata(as_tensor(cu_chunks), as_tensor(seq_idx), as_tensor(last))
+    # Built from cu_seqlens here, so right by construction: the kernel need not read it back.
+    CHECKED_METADATA.remember((cu_seqlens, meta.cu_chunk_seqlens, meta.seq_idx, meta.last_chunk_indices),
+                              chunk_size, offsets[-1])
+    return meta
 
 
 def check_chunk_metadata(
@@ -90,3 +96,35 @@ def check_chunk_metadata(
                 f"expected {expected.tolist()[:16]}, got {got.tolist()[:16]} "
                 f"(build it with pytest_ssd.chunking.chunk_metadata)"
             )
+
+
+class CheckedMetadata:
+    """Metadata tensors known to agree with their ``cu_seqlens``: built by :func:`chunk_metadata`,
+    or checked by the kernel once (a device-to-host copy the GPU idles behind). A model passes
+    one batch's metadata to every layer, so a batch pays that copy at most once, and a batch
+    built with :func:`chunk_metadata` never.
+
+    A hit needs the very same tensor objects (held by weak reference, so a freed tensor whose
+    memory is reused never matches) at the same ``_version`` (bumped by any in-place write).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._entries: "OrderedDict[tuple, tuple]" = OrderedDict()
+
+    @staticmethod
+    def _key(tensors: tuple, chunk_size: int, total_tokens: int) -> tuple:
+        return tuple((id(t), t._version) for t in tensors) + (chunk_size, total_tokens)
+
+    def seen(self, tensors: tuple, chunk_size: int, total_tokens: int) -> bool:
+        """True if ``(cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)`` is known good."""
+        refs = self._entries.get(self._key(tensors, chunk_size, total_tokens))
+        return refs is not None and all(ref() is t for ref, t in zip(refs, tensors))
+
+    def remember(self, tensors: tuple, chunk_size: int, total_tokens: int) -> None:
+        self._entries[self._key(tensors, chunk_size, total_tokens)] = tuple(weakref.ref(t) for t in tensors)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+CHECKED_METADATA = CheckedMetadata()

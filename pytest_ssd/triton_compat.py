@@ -84,6 +84,56 @@ def kernel_pair(
 
 
 # --------------------------------------------------------------------------------------
+# Launching a warm kernel without Triton's per-launch dispatch.
+# --------------------------------------------------------------------------------------
+
+# Triton 3.4-3.9 launch a cached binary as ``compiled.run(grid..., *bound_args.values())``,
+# every parameter in signature order, constexprs included, and ``CompiledKernel[grid](*args)``
+# does the same; read in each release's jit.py/compiler.py. 3.2/3.3 are not checked: there
+# every launch goes through the JIT.
+DIRECT_LAUNCH = version_at_least(3, 4)
+
+
+class DirectLauncher:
+    """Launch JIT kernels through Triton once per key, then straight to the binary it picked.
+
+    The first launch for a key goes through ``JITFunction.run`` (binding, specialization, cache
+    lookup, compile on a miss, Triton's hooks); the ``CompiledKernel`` it returns is kept, and
+    later launches with that key call it directly: no argument binding or cache-key string per
+    launch, which is most of a warm launch's host time. The caller's key must fix everything
+    Triton specializes on (the constexprs, the dtype or None-ness of each pointer, pointer
+    alignment, integer arguments' ==1 / %16 classes), so the kept binary is the one the JIT
+    would pick; a request that needs a new binary brings a new key and goes through the JIT,
+    where the event recorder sees it.
+    """
+
+    def __init__(self) -> None:
+        self._compiled: dict = {}
+
+    def launch(self, jit: Any, grid: tuple, args: tuple, constexprs: dict, key: Any = None) -> None:
+        """``jit[grid](*args, **constexprs)``; with a ``key``, later launches skip the JIT.
+
+        ``args`` are the leading parameters, in order; ``constexprs`` the rest by name, plus
+        launch options (``num_warps``, ``num_stages``).
+        """
+        kept = self._compiled.get(key) if key is not None else None
+        if kept is not None:
+            compiled, tail = kept
+            compiled[grid](*args, *tail)
+            return
+        compiled = jit[grid](*args, **constexprs)
+        if key is None or not DIRECT_LAUNCH or not hasattr(compiled, "function"):
+            return
+        names = getattr(jit, "arg_names", ())[len(args):]
+        if all(name in constexprs for name in names):
+            self._compiled[key] = (compiled, tuple(constexprs[name] for name in names))
+
+    def clear(self) -> None:
+        """Forget every kept binary: the next launch per key goes through the JIT again."""
+        self._compiled.clear()
+
+
+# --------------------------------------------------------------------------------------
 # Autotuning that can be defined without a GPU.
 # --------------------------------------------------------------------------------------
 

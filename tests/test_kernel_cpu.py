@@ -136,6 +136,14 @@ BAD_INPUTS = [
      r"^last_chunk_indices: disagrees with cu_seqlens"),
     ("seq_idx length", lambda kw: dict(kw, seq_idx=kw["seq_idx"][:-1]), r"^cu_chunk_seqlens: expected shape"),
     ("not a tensor", lambda kw: dict(kw, x=kw["x"].tolist()), r"^x: expected a torch.Tensor"),
+    ("out dtype", lambda kw: dict(kw, out=kw["out"].half()), r"^out: expected dtype in \(float32\)"),
+    ("z dtype", lambda kw: dict(kw, z=kw["z"].double()), r"^z: expected dtype in \(float32\)"),
+    ("dt_bias dtype", lambda kw: dict(kw, dt_bias=kw["dt_bias"].double()), r"^dt_bias: expected dtype in"),
+    ("metadata dtype", lambda kw: dict(kw, seq_idx=kw["seq_idx"].to(torch.int16)), r"^seq_idx: expected dtype in"),
+    ("cu_seqlens 2-D", lambda kw: dict(kw, cu_seqlens=kw["cu_seqlens"][None]), r"^cu_seqlens: expected 1 dim"),
+    ("dt_limit pair", lambda kw: dict(kw, dt_limit=(0.1,)), r"^dt_limit: expected a pair"),
+    ("chunk_size float", lambda kw: dict(kw, chunk_size=16.0), r"^chunk_size: expected a power of two"),
+    ("dt not a tensor", lambda kw: dict(kw, dt=kw["dt"].numpy()), r"^dt: expected a torch.Tensor"),
 ]
 
 
@@ -145,13 +153,23 @@ def test_bad_input_raises_before_any_launch(name, mutate, message, mixer2_layer,
     inputs = ssd_inputs(layer, [5, 20, 1], with_z=True, with_initial_states=True, device="cpu")  # 4 chunks
     kwargs = dict(inputs.kernel_kwargs(layer), out=torch.full_like(inputs.x, float("nan")))
 
-    class NoLaunch:
-        def __getitem__(self, grid):
-            raise AssertionError("a kernel was launched before the bad argument was rejected")
+    def no_launch(*args):
+        raise AssertionError("a kernel was launched before the bad argument was rejected")
 
-    monkeypatch.setattr(combined, "_plan", lambda *args, **kwargs: [(NoLaunch(), None, (), {})])
+    monkeypatch.setattr(combined, "_launch", no_launch)
+    bad = mutate(kwargs)
     with pytest.raises(ValueError, match=message):
-        mamba_chunk_scan_combined_varlen(**mutate(kwargs))
+        mamba_chunk_scan_combined_varlen(**bad)
+    # The cheap pass a request takes agrees with the full checks: it turns away everything they
+    # reject (metadata contents are checked after both).
+    positional = [bad[k] for k in ("x", "dt", "A", "B", "C", "out", "D", "z", "dt_bias", "initial_states")]
+    rest = (tuple(bad[k] for k in combined.METADATA_NAMES), bad["chunk_size"], bad.get("dt_limit", (0.0, math.inf)),
+            bad.get("state_dtype"))
+    try:
+        full = combined._validate(*positional, *rest)
+    except ValueError:
+        full = None
+    assert combined._fast_sizes(*positional, *rest) == full
 
 
 def test_the_bad_input_fixture_is_otherwise_valid(mixer2_layer, ssd_inputs) -> None:

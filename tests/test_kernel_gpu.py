@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _ssd_cases import (KernelCase, assert_states_matter, check_against_reference, check_intermediate_states,
-                        with_slow_decay)
+                        run_kernel, with_slow_decay)
 from pytest_ssd.kernels import configs
 
 pytestmark = [pytest.mark.gpu,
@@ -93,3 +93,21 @@ def test_alternative_launch_configs(stage, config, dtype, ssd_seed, mixer2_layer
     layer, inputs = make_case(CASES[7], dtype, ssd_seed, mixer2_layer, ssd_inputs)
     with configs.overridden(stage, config):
         check_against_reference(layer, inputs, seed=ssd_seed)
+
+
+def test_direct_launches_match_the_jit_path(ssd_seed, mixer2_layer, ssd_inputs) -> None:
+    """Warm calls launch the kept binaries directly (Triton 3.4+): same numbers as the JIT path, on
+    a new request shape (new grid) too, and the four stages go through the JIT only once."""
+    from pytest_ssd.kernels import combined
+    from pytest_ssd.triton_compat import DIRECT_LAUNCH
+
+    print(f"seed={ssd_seed}")
+    layer, first = make_case(CASES[7], torch.bfloat16, ssd_seed, mixer2_layer, ssd_inputs)
+    combined._LAUNCHER.clear()
+    jit_out, jit_states = run_kernel(layer, first)  # through Triton's JIT
+    assert len(combined._LAUNCHER._compiled) == (4 if DIRECT_LAUNCH else 0)
+    direct_out, direct_states = run_kernel(layer, first)  # straight to the kept binaries
+    assert torch.equal(jit_out, direct_out) and torch.equal(jit_states, direct_states), f"seed={ssd_seed}"
+    other = ssd_inputs(layer, [3, 517, 1, 260], with_initial_states=True, with_z=True, device="cuda")
+    check_against_reference(layer, other, seed=ssd_seed)
+    assert len(combined._LAUNCHER._compiled) == (4 if DIRECT_LAUNCH else 0)

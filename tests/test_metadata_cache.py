@@ -1,7 +1,9 @@
-"""The kernel checks each batch's metadata once, not once per layer, and never trusts stale checks."""
+"""The kernel reads a batch's metadata back at most once (never when chunk_metadata built it), and
+never trusts a stale check."""
 import pytest
 import torch
 
+from pytest_ssd.chunking import CHECKED_METADATA, chunk_metadata
 from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
 from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
 
@@ -28,23 +30,40 @@ def _run(layer, inputs, **override):
     return out
 
 
+def _foreign_metadata(inputs) -> dict:
+    """The same metadata as new tensors, as a model that builds its own would pass them."""
+    return {k: getattr(inputs, k).clone() for k in ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")}
+
+
+def test_metadata_from_chunk_metadata_is_never_read_back(counted):
+    layer = make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=SEED)
+    inputs = make_ssd_inputs(layer, [5, 17], seed=SEED)  # metadata from pytest_ssd.chunking.chunk_metadata
+    out = _run(layer, inputs)
+    assert counted == [], f"seed {SEED}"
+    assert not out.isnan().any()
+
+
 def test_same_metadata_tensors_are_checked_once(counted):
     layer = make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=SEED)
     inputs = make_ssd_inputs(layer, [5, 17], seed=SEED)
-    first = _run(layer, inputs)
-    second = _run(layer, inputs)  # "the next layer", same batch metadata
+    meta = _foreign_metadata(inputs)
+    first = _run(layer, inputs, **meta)
+    second = _run(layer, inputs, **meta)  # "the next layer", same batch metadata
     assert counted == [1], f"seed {SEED}"
     assert torch.equal(first, second) and not first.isnan().any()
 
 
-def test_in_place_edit_is_checked_again(counted):
+@pytest.mark.parametrize("built_by", ["chunk_metadata", "the model"])
+def test_in_place_edit_is_checked_again(counted, built_by):
     layer = make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=SEED)
     inputs = make_ssd_inputs(layer, [5, 17], seed=SEED)
-    _run(layer, inputs)
-    inputs.seq_idx[1] = 0  # now disagrees with cu_seqlens
+    meta = {} if built_by == "chunk_metadata" else _foreign_metadata(inputs)
+    _run(layer, inputs, **meta)
+    seq_idx = meta.get("seq_idx", inputs.seq_idx)
+    seq_idx[1] = 0  # now disagrees with cu_seqlens
     with pytest.raises(ValueError, match="seq_idx: disagrees with cu_seqlens"):
-        _run(layer, inputs)
-    assert counted == [1, 1]
+        _run(layer, inputs, **meta)
+    assert len(counted) == (1 if built_by == "chunk_metadata" else 2)
 
 
 def test_equal_but_new_tensors_are_checked_again(counted):
@@ -52,4 +71,13 @@ def test_equal_but_new_tensors_are_checked_again(counted):
     inputs = make_ssd_inputs(layer, [5, 17], seed=SEED)
     _run(layer, inputs)
     _run(layer, inputs, cu_seqlens=inputs.cu_seqlens.clone())
-    assert counted == [1, 1]
+    assert counted == [1]
+
+
+def test_chunk_metadata_registers_only_what_it_built():
+    cu = torch.tensor([0, 5, 22], dtype=torch.int32)
+    meta = chunk_metadata(cu, 16)
+    trio = (meta.cu_chunk_seqlens, meta.seq_idx, meta.last_chunk_indices)
+    assert CHECKED_METADATA.seen((cu,) + trio, 16, 22)
+    assert not CHECKED_METADATA.seen((cu,) + trio, 32, 22)  # another chunk size
+    assert not CHECKED_METADATA.seen((cu.clone(),) + trio, 16, 22)

@@ -64,6 +64,12 @@ def default_configs(dims: LayerDims) -> dict:
 
 
 _OVERRIDES: dict = {}
+_GENERATION = [0]  # bumped whenever the overrides change, so cached launch plans are rebuilt
+
+
+def generation() -> int:
+    """A number that changes whenever :func:`configs_for` may answer differently."""
+    return _GENERATION[0]
 
 
 def configs_for(dims: LayerDims) -> dict:
@@ -84,6 +90,7 @@ def overridden(stage: str, config: LaunchConfig) -> Iterator[None]:
         raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
     previous = _OVERRIDES.get(stage)
     _OVERRIDES[stage] = config
+    _GENERATION[0] += 1
     try:
         yield
     finally:
@@ -91,3 +98,4 @@ def overridden(stage: str, config: LaunchConfig) -> Iterator[None]:
             _OVERRIDES.pop(stage)
         else:
             _OVERRIDES[stage] = previous
+        _GENERATION[0] += 1

@@ -1,0 +1,83 @@
+"""DirectLauncher: the first launch per key goes through the JIT, later ones straight to the binary."""
+import pytest
+
+from pytest_ssd import triton_compat
+from pytest_ssd.triton_compat import DirectLauncher
+
+
+class FakeCompiled:
+    """Stands in for Triton's CompiledKernel: records what its launcher got."""
+
+    function = "cufunction"
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args: self.launches.append((grid, args))
+
+
+class FakeJIT:
+    """Stands in for a JITFunction with parameters (a, b, K, M): counts dispatches."""
+
+    arg_names = ["a", "b", "K", "M"]
+
+    def __init__(self):
+        self.compiled = FakeCompiled()
+        self.dispatches = []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.dispatches.append((grid, args, kwargs))
+            return self.compiled
+        return run
+
+
+@pytest.fixture
+def direct(monkeypatch):
+    monkeypatch.setattr(triton_compat, "DIRECT_LAUNCH", True)
+    return DirectLauncher()
+
+
+def test_second_launch_skips_the_jit_and_passes_every_parameter_in_order(direct):
+    jit = FakeJIT()
+    direct.launch(jit, (4, 2, 1), ("pa", 1.5), dict(M=7, K=3, num_warps=4), key="k")
+    direct.launch(jit, (8, 1, 1), ("pa2", 2.5), dict(M=7, K=3, num_warps=4), key="k")
+    assert len(jit.dispatches) == 1
+    assert jit.compiled.launches == [((8, 1, 1), ("pa2", 2.5, 3, 7))]  # K, M in signature order; no num_warps
+
+
+def test_without_a_key_every_launch_goes_through_the_jit(direct):
+    jit = FakeJIT()
+    for _ in range(3):
+        direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2))
+    assert len(jit.dispatches) == 3 and jit.compiled.launches == []
+
+
+def test_keys_are_kept_apart_and_clear_forgets(direct):
+    jit = FakeJIT()
+    direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="one")
+    direct.launch(jit, (1,), ("p", 0.0), dict(K=5, M=2), key="two")
+    assert len(jit.dispatches) == 2
+    direct.clear()
+    direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="one")
+    assert len(jit.dispatches) == 3
+
+
+def test_a_parameter_missing_from_constexprs_is_never_kept(direct):
+    jit = FakeJIT()
+    for _ in range(2):
+        direct.launch(jit, (1,), ("p", 0.0), dict(K=1), key="k")  # M has a default in the kernel, say
+    assert len(jit.dispatches) == 2
+
+
+def test_older_triton_always_dispatches(monkeypatch):
+    monkeypatch.setattr(triton_compat, "DIRECT_LAUNCH", False)
+    jit, launcher = FakeJIT(), DirectLauncher()
+    for _ in range(2):
+        launcher.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="k")
+    assert len(jit.dispatches) == 2
+
+
+def test_direct_launch_is_on_for_the_checked_releases():
+    assert triton_compat.DIRECT_LAUNCH == triton_compat.version_at_least(3, 4)
