@@ -8,8 +8,9 @@ tiny layer runs under the interpreter (a smoke test of this script, not a measur
 
 Each scenario runs in a fresh subprocess:
 
-- ``cold``: empty TRITON_CACHE_DIR. Warmup (seconds, compiles), the first request without and
-  with initial states (wall ms, compiles, autotune benchmarks), then the steady state.
+- ``cold``: empty TRITON_CACHE_DIR. Warmup (seconds, compiles; ``max_num_tokens=8192``), the
+  first request without and with initial states (wall ms, compiles, autotune benchmarks), then
+  the steady state.
 - ``disk_cache``: a new process on ``cold``'s cache dir with TRITON_CACHE_AUTOTUNING=1: the
   warmup loads binaries from disk (each still an in-memory JIT miss, counted), then the same.
 - ``no_warmup``: empty cache dir, the first request with no warmup at all (for comparison).
@@ -43,6 +44,7 @@ REQUEST = [1000, 2048, 517, 3000]
 SMOKE_LAYER = dict(nheads=4, head_dim=16, n_groups=1, ssm_state_size=16, chunk_size=16)
 SMOKE_REQUEST = [10, 33, 1]
 SCENARIOS = ("cold", "disk_cache", "no_warmup", "rerun")
+MAX_NUM_TOKENS = 8192  # the engine's largest batch, given to the warmup (vLLM: max_num_batched_tokens)
 
 
 # --------------------------------------------------------------------------------------
@@ -79,16 +81,17 @@ def _inputs(layer, request, device, with_init, n_sets=1, seed=0):
     return sets
 
 
-def _first_request(torch, layer, request, device, prepared):
-    """``prepared``: ``(kwargs, out)`` drawn before the warmup, so the request follows it at once."""
+def _first_request(torch, layer, request, device, prepared, since: float):
+    """``prepared``: ``(kwargs, out)`` drawn before the warmup, so the request follows it at once;
+    ``since``: when the GPU's last work (the warmup, the request before) was synchronized."""
     from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
 
     from pytest_ssd.events import record_triton
 
     kwargs, out = prepared
-    _sync(torch, device)
     segments = _segments(torch, device)
     with record_triton() as rec:
+        _sync(torch, device)
         start = time.perf_counter()
         mamba_chunk_scan_combined_varlen(out=out, **kwargs)
         _sync(torch, device)
@@ -98,7 +101,7 @@ def _first_request(torch, layer, request, device, prepared):
     mamba_chunk_scan_combined_varlen(out=out, **kwargs)
     _sync(torch, device)
     second_ms = (time.perf_counter() - start) * 1e3
-    return {"wall_ms": round(ms, 3), "compiles": len(rec.compiles),
+    return {"wall_ms": round(ms, 3), "gpu_idle_before_ms": round((start - since) * 1e3, 2), "compiles": len(rec.compiles),
             "compiled": [e.describe() for e in rec.compiles], "autotune_benchmarks": len(rec.autotunes),
             "new_device_allocations": new_segments, "second_call_wall_ms": round(second_ms, 3)}
 
@@ -257,15 +260,16 @@ def run_scenario(name: str) -> dict:
         _sync(torch, device)
         with record_triton() as rec:
             start = time.perf_counter()
-            warm = warmup_ssd_kernels(layer)
+            warm = warmup_ssd_kernels(layer, max_num_tokens=MAX_NUM_TOKENS if device == "cuda" else None)
             seconds = time.perf_counter() - start
         sources = [e.source for e in rec.compiles]
         result["warmup"] = {"seconds": round(seconds, 3), "calls": warm.calls, "jit_misses": len(rec.compiles),
                             "compiled_fresh": sources.count("compiled"), "from_disk": sources.count("disk"),
                             "autotune_benchmarks": len(rec.autotunes), "summary": rec.summary(),
                             "warmed": warm.warmed}
-    result["first_request"] = _first_request(torch, layer, request, device, prepared[False])
-    result["first_request_initial_states"] = _first_request(torch, layer, request, device, prepared[True])
+    result["first_request"] = _first_request(torch, layer, request, device, prepared[False], time.perf_counter())
+    result["first_request_initial_states"] = _first_request(torch, layer, request, device, prepared[True],
+                                                            time.perf_counter())
     result["steady"] = _steady(torch, layer, request, device, with_init=False)
     result["steady_initial_states"] = _steady(torch, layer, request, device, with_init=True)
     result["loop"] = _loop(torch, layer, request, device, with_init=False)

@@ -2,7 +2,8 @@
 
 Scenarios (for every --kernel/--warmup pair given; default: the bundled kernel and warmup):
   cold       no warmup, empty Triton cache: the first request pays every compile and autotune
-  warmup     warmup with an empty cache, then the first request and the steady state
+  warmup     warmup with an empty cache, then the first request and the steady state (a warmup
+             with a ``max_num_tokens`` parameter, as the bundled one, gets 8192)
   persisted  warmup again in a new process with the cache dir primed by `warmup` and persisted
              autotune results (TRITON_CACHE_AUTOTUNING=1, Triton 3.4+), then the first request
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
 import shlex
@@ -25,6 +27,7 @@ import sys
 import tempfile
 
 REQUEST = [1000, 2048, 517, 3000]
+MAX_NUM_TOKENS = 8192  # the engine's largest batch, for a warmup that takes max_num_tokens
 DEFAULT = ("pytest_ssd.kernels:mamba_chunk_scan_combined_varlen", "pytest_ssd.warmup:warmup_ssd_kernels")
 
 
@@ -56,9 +59,10 @@ def child(kernel_spec: str, warmup_spec: str, scenario: str) -> dict:
     if scenario != "cold":
         warmup = load_callable(warmup_spec, "--warmup")
         torch.cuda.synchronize()
+        sized = "max_num_tokens" in inspect.signature(warmup).parameters
         with record_triton() as rec:
             start = time.perf_counter()
-            warmup(layer)
+            warmup(layer, max_num_tokens=MAX_NUM_TOKENS) if sized else warmup(layer)
             torch.cuda.synchronize()
             result["warmup_s"] = round(time.perf_counter() - start, 3)
         result["warmup_compiles"] = len(rec.compiles)

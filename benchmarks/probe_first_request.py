@@ -60,7 +60,7 @@ def child() -> dict:
 
     layer = make_mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
                               dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
-    warmed = warmup_ssd_kernels(layer)
+    warmed = warmup_ssd_kernels(layer, max_num_tokens=8192)
     sets = [make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=i) for i in range(4)]
     outs = [poisoned_like(s.x) for s in sets]
     a = torch.randn(5120, 5120, device="cuda", dtype=torch.bfloat16)

@@ -102,3 +102,41 @@ def test_nothing_cold_after_warmup_gpu(dtype, state_dtype, fresh_warm_set) -> No
     layer = make_mixer2_layer(nheads=48, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
                               dtype=dtype, state_dtype=state_dtype, seed=3, device="cuda")
     _assert_warm_for_every_request(layer, "cuda")
+
+
+def test_max_num_tokens_adds_one_call_of_that_size(fresh_warm_set) -> None:
+    layer = small_layer()
+    seen = []
+
+    def spy(**kwargs):
+        seen.append(kwargs)
+        return mamba_chunk_scan_combined_varlen(**kwargs)
+
+    result = warmup_ssd_kernels(layer, kernel=spy, max_num_tokens=70)
+    assert result.calls == 3 and "70 tokens" in result.warmed[2]
+    assert seen[2]["x"].shape[0] == 70 and seen[2]["cu_seqlens"].tolist() == [0, 70]
+    assert seen[2]["initial_states"] is None
+    assert warmup_ssd_kernels(layer, kernel=spy, max_num_tokens=70).calls == 0  # same config and size: warm
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_max_num_tokens_must_be_a_positive_int(bad, fresh_warm_set) -> None:
+    with pytest.raises(ValueError, match="^max_num_tokens: expected a positive int"):
+        warmup_ssd_kernels(small_layer(), max_num_tokens=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_max_num_tokens_leaves_the_workspace_allocated(fresh_warm_set) -> None:
+    """After a warmup sized for the engine's largest batch, the anchors' request allocates no
+    new device memory: the caching allocator already holds its workspace."""
+    layer = make_mixer2_layer(nheads=40, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
+                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=4, device="cuda")
+    inputs = make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=5)
+    out = torch.empty_like(inputs.x)
+    warmup_ssd_kernels(layer, max_num_tokens=8192)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()["segment.all.allocated"]
+    mamba_chunk_scan_combined_varlen(out=out, **inputs.kernel_kwargs(layer))
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_stats()["segment.all.allocated"] == before
