@@ -10,6 +10,7 @@ device time is timed the same way, so what is the device waking up and what is o
 told apart.
 
     python benchmarks/probe_first_request.py [RESULT.json] [--children N]
+    python benchmarks/probe_first_request.py --profile [gc]   # cProfile of the first call vs warm ones
 """
 from __future__ import annotations
 
@@ -119,6 +120,47 @@ def child() -> dict:
     return result
 
 
+def profile_child() -> None:
+    """cProfile the first request after warmup and a warm request after the same idle time:
+    the functions whose time differs are the first call's host-side extra."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen as kernel
+    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    layer = make_mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
+                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
+    sets = [make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=i) for i in range(3)]
+    outs = [torch.empty_like(s.x) for s in sets]
+    warmup_ssd_kernels(layer, max_num_tokens=8192)
+    if "gc" in sys.argv:  # variant: collect the warmup's garbage before the first request
+        import gc
+
+        gc.collect()
+        print(f"gc counts after collect: {gc.get_count()}")
+    for i, label in enumerate(("first request", "second request", "third request")):
+        time.sleep(0.25)
+        kwargs = sets[i].kernel_kwargs(layer)
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        kernel(out=outs[i], **kwargs)
+        prof.disable()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(12)
+        print(f"=== {label}: host {1e3 * (t1 - t0):.3f} ms (profiled), wall {1e3 * (t2 - t0):.3f} ms")
+        print("\n".join(line for line in text.getvalue().splitlines()[6:] if line.strip()))
+
+
 def _medians(rows: list) -> dict:
     out = {}
     for key, value in rows[0].items():
@@ -167,5 +209,7 @@ def main(argv: list) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         print(json.dumps(child()))
+    elif sys.argv[1:2] == ["--profile"]:
+        profile_child()
     else:
         sys.exit(main(sys.argv[1:]))
