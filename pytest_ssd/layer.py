@@ -278,8 +278,11 @@ def make_ssd_inputs(
     initial_states = randn(S, H, P, N, dtype=layer.state_dtype) if with_initial_states else None
     z = randn(T, H, P, dtype=layer.dtype) if with_z else None
 
-    # Built on the CPU: the offsets are read back, which a "meta" device cannot do.
+    # Built where the kernel will read it, so chunk_metadata vouches for these very tensors and
+    # the kernel need not read them back; a "meta" device cannot be read: built on the CPU, moved.
     cu_seqlens = torch.tensor([0, *itertools.accumulate(seqlens)], dtype=torch.int32)
+    if torch.device(device).type != "meta":
+        cu_seqlens = cu_seqlens.to(device)
     meta = chunk_metadata(cu_seqlens, layer.chunk_size)
     return SSDInputs(
         x=x, dt=dt, B=B, C=C, z=z, initial_states=initial_states,

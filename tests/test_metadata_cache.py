@@ -81,3 +81,19 @@ def test_chunk_metadata_registers_only_what_it_built():
     assert CHECKED_METADATA.seen((cu,) + trio, 16, 22)
     assert not CHECKED_METADATA.seen((cu,) + trio, 32, 22)  # another chunk size
     assert not CHECKED_METADATA.seen((cu.clone(),) + trio, 16, 22)
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+])
+def test_make_ssd_inputs_metadata_is_vouched_for_on_its_device(device, counted):
+    """The tensors the kernel gets are the ones chunk_metadata registered (not CPU originals moved)."""
+    layer = make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=SEED, device=device)
+    inputs = make_ssd_inputs(layer, [5, 17, 1], seed=SEED)
+    meta = (inputs.cu_seqlens, inputs.cu_chunk_seqlens, inputs.seq_idx, inputs.last_chunk_indices)
+    assert all(t.device.type == device for t in meta)
+    assert CHECKED_METADATA.seen(meta, 16, 23)
+    out = _run(layer, inputs)
+    assert counted == [] and not out.isnan().any()
