@@ -96,12 +96,13 @@ def check_contiguous(name: str, tensor: torch.Tensor) -> None:
     """Check ``tensor`` is row-major contiguous (kernels assume the strides they compute)."""
     if not tensor.is_contiguous():
         raise ValueError(
-            f"{name}: expected a contiguous tensor (strides {_contiguous_strides(tensor.shape)}), got strides "
+            f"{name}: expected a contiguous tensor (strides {contiguous_strides(tensor.shape)}), got strides "
             f"{tuple(tensor.stride())}; call .contiguous() first"
         )
 
 
-def _contiguous_strides(shape: Sequence[int]) -> tuple:
+def contiguous_strides(shape: Sequence[int]) -> tuple:
+    """Row-major strides of ``shape`` (in elements)."""
     strides, acc = [], 1
     for s in reversed(shape):
         strides.append(acc)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -34,7 +34,7 @@ from ..chunking import chunk_offsets
 from ..compile_only import compile_only_active
 from ..triton_compat import DirectLauncher, KernelPair
 from ..validation import (check_contiguous, check_cu_seqlens, check_divides, check_dt_limit, check_dtype,
-                          check_power_of_two, check_same_device, check_shape, optional_shape)
+                          check_power_of_two, check_same_device, check_shape, contiguous_strides, optional_shape)
 from .bmm import BMM_CHUNK
 from .chunk_scan import CHUNK_SCAN
 from .chunk_state import CHUNK_STATE
@@ -103,39 +103,38 @@ def mamba_chunk_scan_combined_varlen(
 
     interpret = device.type == "cpu" and not compile_only_active()
     direct = device.type == "cuda" and not compile_only_active()  # compile-only launches are fake
-    stages = _stage_plans(LayerDims(H, G, P, N, chunk_size, x.dtype), has_init=initial_states is not None,
-                          init_dtype=None if initial_states is None else initial_states.dtype, has_D=D is not None,
-                          D_has_hdim=D is not None and D.dim() == 2, has_z=z is not None,
-                          has_dt_bias=dt_bias is not None, dt_softplus=bool(dt_softplus),
-                          has_dt_limit=(lo, hi) != (0.0, math.inf), interpret=interpret,
-                          configs_generation=configs.generation())
+    chunk_state, bmm, state_passing, chunk_scan = _stage_plans(_PlanKey(
+        nheads=H, ngroups=G, head_dim=P, dstate=N, chunk_size=chunk_size, dtype=x.dtype,
+        init_dtype=None if initial_states is None else initial_states.dtype, has_D=D is not None,
+        D_has_hdim=D is not None and D.dim() == 2, has_z=z is not None, has_dt_bias=dt_bias is not None,
+        dt_softplus=bool(dt_softplus), has_dt_limit=(lo, hi) != (0.0, math.inf), interpret=interpret,
+        configs_generation=configs.generation()))
+    device_index = device.index if direct else None
     with _device_guard(device):
-        # The metadata check's device-to-host copy makes the GPU wait for the host until the
-        # first launch, so everything else is prepared before it.
-        int32 = [_normalized_int32(t) for t in metadata]
+        # Until the first launch the GPU waits for the host: only what the first stage needs
+        # comes before it (and the metadata check, whose device-to-host copy comes last).
         checked = chunking.CHECKED_METADATA.seen(metadata, chunk_size, T)
-        packed = None if checked else torch.cat(int32)
+        packed = None if checked else torch.cat([_normalized_int32(t) for t in metadata])
+        cu_chunks, seq_idx32, last32 = (_normalized_int32(t) for t in metadata[1:])
         dt_out, dA_cumsum, CB, chunk_states = _workspace(
             device, (nchunks, H, chunk_size), (nchunks, H, chunk_size), (nchunks, G, chunk_size, chunk_size),
             (nchunks, H, P, N))
-        final_states = torch.empty((S, H, P, N), dtype=torch.float32, device=device)
-        _, cu_chunks, seq_idx32, last32 = int32
-        args = (
-            (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi),
-            (C, B, cu_chunks, CB),
-            (chunk_states, dA_cumsum, initial_states, last32, final_states),
-            (x, z, out, C, CB, dt_out, dA_cumsum, chunk_states, initial_states, D, cu_chunks, seq_idx32),
-        )
-        grids = ((nchunks, H), (nchunks, G), (H, S), (nchunks, H))
         if not checked:
             _check_metadata(packed.cpu(), S, nchunks, chunk_size, T)
             chunking.CHECKED_METADATA.remember(metadata, chunk_size, T)
-        for stage, grid, stage_args in zip(stages, grids, args):
-            _launch(stage, (stage.tiles,) + grid, stage_args, device.index if direct else None)
+        _launch(chunk_state, (chunk_state.tiles, nchunks, H),
+                (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index)
+        _launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index)
+        final_states = torch.empty((S, H, P, N), dtype=torch.float32, device=device)
+        _launch(state_passing, (state_passing.tiles, H, S),
+                (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index)
+        _launch(chunk_scan, (chunk_scan.tiles, nchunks, H),
+                (x, z, out, C, CB, dt_out, dA_cumsum, chunk_states, initial_states, D, cu_chunks, seq_idx32),
+                device_index)
     if state_dtype is None:
         state_dtype = initial_states.dtype if initial_states is not None else x.dtype
     result = chunk_states if return_intermediate_states else final_states
-    return result.to(state_dtype)
+    return result if result.dtype == state_dtype else result.to(state_dtype)
 
 
 def _validate(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chunk_size, dt_limit,
@@ -251,17 +250,39 @@ class _StagePlan:
     interpret: bool  # the interpreted kernel (CPU tensors) or the compiled one
 
 
+class _PlanKey(NamedTuple):
+    """Everything the four launches' plans depend on: the layer, the call's flags, the configs."""
+
+    nheads: int
+    ngroups: int
+    head_dim: int
+    dstate: int
+    chunk_size: int
+    dtype: torch.dtype
+    init_dtype: Optional[torch.dtype]  # None: no initial states
+    has_D: bool
+    D_has_hdim: bool
+    has_z: bool
+    has_dt_bias: bool
+    dt_softplus: bool
+    has_dt_limit: bool
+    interpret: bool
+    configs_generation: int  # changes while the tuning sweep overrides a config
+
+
 @functools.lru_cache(maxsize=None)
-def _stage_plans(dims: LayerDims, *, has_init: bool, init_dtype: Optional[torch.dtype], has_D: bool,
-                 D_has_hdim: bool, has_z: bool, has_dt_bias: bool, dt_softplus: bool, has_dt_limit: bool,
-                 interpret: bool, configs_generation: int) -> tuple:
-    """The four stages' plans, in launch order: built once per layer and flag combination.
+def _stage_plans(key: _PlanKey) -> tuple:
+    """The four stages' plans, in launch order: built once per key.
 
     Chunk state (with the dt cumsum) goes first: it is long enough on the GPU to hide the host
-    time of the launches behind it. Every argument here is part of the cache key, and together
-    with the call's device they fix the binary Triton picks (``init_dtype`` is the one pointer
-    dtype that is not the model dtype's or float32), which is what lets :func:`_launch` keep it.
+    time of the launches behind it. The key, with the call's device, fixes the binary Triton
+    picks for each stage (``init_dtype`` is the one pointer dtype that is neither the model
+    dtype nor float32), which is what lets :func:`_launch` keep it.
     """
+    dims = LayerDims(key.nheads, key.ngroups, key.head_dim, key.dstate, key.chunk_size, key.dtype)
+    interpret, has_init = key.interpret, key.init_dtype is not None
+    has_dt_bias, dt_softplus, has_dt_limit = key.has_dt_bias, key.dt_softplus, key.has_dt_limit
+    has_D, D_has_hdim, has_z = key.has_D, key.D_has_hdim, key.has_z
     H, G, P, N, L = dims.nheads, dims.ngroups, dims.head_dim, dims.dstate, dims.chunk_size
     cfg = configs.configs_for(dims)
     precision = "ieee" if dims.dtype == torch.float32 else "tf32"
@@ -306,8 +327,8 @@ def _workspace(device: torch.device, *shapes: tuple) -> list:
     padded = [-(-n // 64) * 64 for n in sizes]
     flat = torch.empty(sum(padded), dtype=torch.float32, device=device)
     views, offset = [], 0
-    for shape, n, p in zip(shapes, sizes, padded):
-        views.append(flat[offset:offset + n].view(shape))
+    for shape, p in zip(shapes, padded):
+        views.append(flat.as_strided(shape, contiguous_strides(shape), offset))  # one op, not slice + view
         offset += p
     return views
 
