@@ -1,6 +1,6 @@
 """Benchmark the bundled SSD kernel: steady state, first request after warmup, warmup cost.
 
-    python benchmarks/bench_kernel.py RESULT.json [--scenarios cold,disk_cache,no_warmup,rerun] [--sweep]
+    python benchmarks/bench_kernel.py RESULT.json [--scenarios cold,disk_cache,no_warmup,rerun] [--repeat N] [--sweep]
 
 Workload (the anchors'): a Mamba2-2.7B-like layer, 80 heads x 64, dstate 128, 1 group, chunk 256,
 bf16 inputs, fp32 states; one request = 4 sequences of 1000/2048/517/3000 tokens. Without CUDA a
@@ -430,12 +430,27 @@ def _table(results: list) -> str:
         mm = r.get("matmul_control", {})
         control = f"{mm['after_idle_ms']:.3f} / {mm['back_to_back_ms']:.3f} ms" if mm else "-"
         misses = f"{w['jit_misses']} ({w['compiled_fresh']}/{w['from_disk']})" if w else "-"
-        lines.append(f"{r['scenario']:11s} {w.get('seconds', float('nan')):9.2f} {misses:>19s} | "
+        name = r["scenario"] + (f"#{r['round']}" if r.get("round", 1) > 1 else "")
+        lines.append(f"{name:11s} {w.get('seconds', float('nan')):9.2f} {misses:>19s} | "
                      f"{f1['wall_ms']:10.3f} {f1['compiles']:3d} {f1['autotune_benchmarks']:4d} | "
                      f"{f2['wall_ms']:11.3f} {f2['compiles']:3d} | {s1:8.4f} {s2:6.4f} "
                      f"{r['loop'].get('median_ms', 0):6.4f} {r['loop_initial_states'].get('median_ms', 0):6.4f} | "
                      f"{i1:9.3f} {i2:6.3f} {i3:6.3f} | {ratio:>16s} | {control}")
     return "\n".join(lines)
+
+
+def _first_request_summary(results: list) -> str:
+    """The target's ratio over every process that warmed up: first request / do_bench steady."""
+    import statistics
+
+    ratios = [r[first]["wall_ms"] / r[steady]["median_ms"] for r in results
+              if "warmup" in r and "error" not in r
+              for first, steady in (("first_request", "steady"), ("first_request_initial_states",
+                                                                   "steady_initial_states"))]
+    if not ratios:
+        return "first request after warmup / do_bench steady: no warmed process"
+    return (f"first request after warmup / do_bench steady, {len(ratios)} requests in {len(ratios) // 2} "
+            f"processes: median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
 
 
 def main() -> None:
@@ -444,6 +459,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     parser.add_argument("--sweep", action="store_true", help="also time candidate launch configs per stage")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per subprocess")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the scenarios this many times (a first request is one sample per process)")
     parser.add_argument("--profile-calls", type=int, default=0,
                         help="only run warmup and this many calls, in this process (under ncu or nsys)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -460,6 +477,8 @@ def main() -> None:
         return
     if not args.result:
         parser.error("the JSON result path is required")
+    if args.repeat < 1:
+        parser.error(f"--repeat: expected a positive count, got {args.repeat}")
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
@@ -471,18 +490,20 @@ def main() -> None:
     dirs = {"cold": "shared", "disk_cache": "shared", "no_warmup": "no_warmup", "rerun": "rerun", "sweep": "sweep"}
     results = []
     order = (["sweep"] if args.sweep else []) + [s for s in SCENARIOS if s in scenarios]
-    for kind in order:
-        env = dict(base_env, TRITON_CACHE_DIR=os.path.join(root, dirs[kind]))
-        if kind == "disk_cache" and "cold" not in scenarios:
-            print("disk_cache needs cold first (it reuses cold's cache dir); skipped")
-            continue
-        print(f"--- {kind} (TRITON_CACHE_DIR={env['TRITON_CACHE_DIR']})", flush=True)
-        results.append(_child(kind, env, args.timeout))
+    for round_ in range(1, args.repeat + 1):  # each round in fresh cache dirs: cold is cold again
+        for kind in order if round_ == 1 else [k for k in order if k != "sweep"]:
+            env = dict(base_env, TRITON_CACHE_DIR=os.path.join(root, f"round{round_}", dirs[kind]))
+            if kind == "disk_cache" and "cold" not in scenarios:
+                print("disk_cache needs cold first (it reuses cold's cache dir); skipped")
+                continue
+            print(f"--- {kind}, round {round_} (TRITON_CACHE_DIR={env['TRITON_CACHE_DIR']})", flush=True)
+            results.append(dict(_child(kind, env, args.timeout), round=round_))
     report = {"environment": _environment(), "layer": LAYER, "request": REQUEST, "results": results}
     with open(args.result, "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report["environment"]))
     print(_table([r for r in results if r.get("scenario") in SCENARIOS]))
+    print(_first_request_summary(results))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ for step in $steps; do
                 --ssd-report "$OUT/suite.json" 2>&1 | tee "$OUT/suite.log" ;;
     latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" 2>&1 | tail -20 ;;
     recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
-    kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 2>&1 | tail -8 ;;
+    kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 --repeat 2 2>&1 | tail -12 ;;
     probe)    python3 benchmarks/probe_first_request.py "$OUT/probe.json" --children 3 2>&1 | tail -24 ;;
     *) echo "unknown step $step"; false ;;
   esac
