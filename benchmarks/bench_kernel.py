@@ -96,12 +96,13 @@ def _first_request(torch, layer, request, device, prepared, since: float):
         mamba_chunk_scan_combined_varlen(out=out, **kwargs)
         _sync(torch, device)
         ms = (time.perf_counter() - start) * 1e3
+    idle_ms = round((start - since) * 1e3, 2)
     new_segments = _segments(torch, device) - segments
     start = time.perf_counter()
     mamba_chunk_scan_combined_varlen(out=out, **kwargs)
     _sync(torch, device)
     second_ms = (time.perf_counter() - start) * 1e3
-    return {"wall_ms": round(ms, 3), "gpu_idle_before_ms": round((start - since) * 1e3, 2), "compiles": len(rec.compiles),
+    return {"wall_ms": round(ms, 3), "gpu_idle_before_ms": idle_ms, "compiles": len(rec.compiles),
             "compiled": [e.describe() for e in rec.compiles], "autotune_benchmarks": len(rec.autotunes),
             "new_device_allocations": new_segments, "second_call_wall_ms": round(second_ms, 3)}
 

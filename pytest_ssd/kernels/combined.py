@@ -104,7 +104,7 @@ def mamba_chunk_scan_combined_varlen(
     interpret = device.type == "cpu" and not compile_only_active()
     direct = device.type == "cuda" and not compile_only_active()  # compile-only launches are fake
     chunk_state, bmm, state_passing, chunk_scan = _stage_plans(_PlanKey(
-        nheads=H, ngroups=G, head_dim=P, dstate=N, chunk_size=chunk_size, dtype=x.dtype,
+        dims=LayerDims(H, G, P, N, chunk_size, x.dtype),
         init_dtype=None if initial_states is None else initial_states.dtype, has_D=D is not None,
         D_has_hdim=D is not None and D.dim() == 2, has_z=z is not None, has_dt_bias=dt_bias is not None,
         dt_softplus=bool(dt_softplus), has_dt_limit=(lo, hi) != (0.0, math.inf), interpret=interpret,
@@ -253,12 +253,7 @@ class _StagePlan:
 class _PlanKey(NamedTuple):
     """Everything the four launches' plans depend on: the layer, the call's flags, the configs."""
 
-    nheads: int
-    ngroups: int
-    head_dim: int
-    dstate: int
-    chunk_size: int
-    dtype: torch.dtype
+    dims: LayerDims
     init_dtype: Optional[torch.dtype]  # None: no initial states
     has_D: bool
     D_has_hdim: bool
@@ -279,7 +274,7 @@ def _stage_plans(key: _PlanKey) -> tuple:
     picks for each stage (``init_dtype`` is the one pointer dtype that is neither the model
     dtype nor float32), which is what lets :func:`_launch` keep it.
     """
-    dims = LayerDims(key.nheads, key.ngroups, key.head_dim, key.dstate, key.chunk_size, key.dtype)
+    dims = key.dims
     interpret, has_init = key.interpret, key.init_dtype is not None
     has_dt_bias, dt_softplus, has_dt_limit = key.has_dt_bias, key.dt_softplus, key.has_dt_limit
     has_D, D_has_hdim, has_z = key.has_D, key.D_has_hdim, key.has_z

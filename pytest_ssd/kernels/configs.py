@@ -11,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
 STAGES = ("chunk_state", "bmm_chunk", "state_passing", "chunk_scan")
 
 
-@dataclass(frozen=True)
-class LayerDims:
+class LayerDims(NamedTuple):  # a tuple: built on every kernel call, so it must be cheap
     """What a launch configuration may depend on: the layer, never the request."""
 
     nheads: int
