@@ -11,7 +11,7 @@ Workload (the anchors'): Mamba2-2.7B-like layer, 80 heads x 64, dstate 128, 1 gr
 bf16 inputs, fp32 states; request = 4 sequences of 1000/2048/517/3000 tokens, first without
 then with initial states.
 
-    python benchmarks/bench_latency.py OUT.json [--kernel mod:fn --warmup mod:fn ...] [--plot OUT.png]
+    python benchmarks/bench_latency.py OUT.json [--kernel mod:fn --warmup mod:fn ...] [--rounds N] [--plot OUT.png]
     python benchmarks/bench_latency.py --plot OUT.png --from OUT.json      # plot a saved run
 """
 from __future__ import annotations
@@ -110,10 +110,25 @@ def table(results: list) -> str:
         warm = f"{r['warmup_s']:8.2f}" if "warmup_s" in r else f"{'-':>8}"
         comp = (f"{r['warmup_compiles']:>4}({r['warmup_compiles_from_disk']}d)" if "warmup_compiles" in r
                 else f"{'-':>9}")
-        rows.append(f"{name:<28} {r['scenario']:<10} {warm} {comp:>9} | {r['first_ms_noinit']:9.3f} "
+        scenario = r["scenario"] + (f"#{r['round']}" if r.get("round", 1) > 1 else "")
+        rows.append(f"{name:<28} {scenario:<10} {warm} {comp:>9} | {r['first_ms_noinit']:9.3f} "
                     f"{r['first_compiles_noinit']:>3} {r['first_autotunes_noinit']:>4} | {r['first_ms_init']:9.3f} "
                     f"{r['first_compiles_init']:>3} | {r['steady_median_ms_noinit']:9.4f} {r['ratio_noinit']:6.2f}")
     return "\n".join(rows)
+
+
+def ratio_summary(results: list) -> str:
+    """First request / steady over every warmed process, per kernel."""
+    import statistics
+
+    lines = []
+    for kernel in dict.fromkeys(r["kernel"] for r in results):
+        ratios = [r[f"ratio_{tag}"] for r in results if r["kernel"] == kernel and "warmup_s" in r
+                  and "error" not in r for tag in ("noinit", "init")]
+        if ratios:
+            lines.append(f"{kernel}: first request / steady after warmup, {len(ratios)} requests: median "
+                         f"{statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
+    return "\n".join(lines)
 
 
 def plot(results: list, path: str, title: str) -> None:
@@ -149,8 +164,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=280, help="seconds per scenario process")
     parser.add_argument("--plot", help="write a PNG of first-request latency per scenario")
     parser.add_argument("--from", dest="from_json", help="plot/print a saved JSON instead of running")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the warmup and persisted scenarios in this many fresh cache dirs "
+                             "(a first request is one sample per process)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected a positive count, got {args.rounds}")
     if args.child:
         print(json.dumps(child(args.kernel[0], args.warmup[0], args.child)))
         return
@@ -167,10 +187,13 @@ def main() -> None:
 
         results = []
         for kernel, warmup in zip(kernels, warmups):
-            with tempfile.TemporaryDirectory() as cold, tempfile.TemporaryDirectory() as shared:
+            with tempfile.TemporaryDirectory() as cold:
                 results.append(run_child(kernel, warmup, "cold", cold, False, args.timeout))
-                results.append(run_child(kernel, warmup, "warmup", shared, True, args.timeout))
-                results.append(run_child(kernel, warmup, "persisted", shared, True, args.timeout))
+            for round_ in range(1, args.rounds + 1):
+                with tempfile.TemporaryDirectory() as shared:
+                    for scenario in ("warmup", "persisted"):
+                        results.append(dict(run_child(kernel, warmup, scenario, shared, True, args.timeout),
+                                            round=round_))
         data = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
                 "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
@@ -180,8 +203,10 @@ def main() -> None:
                 json.dump(data, fh, indent=2)
     print(f"{data['device']}, torch {data['torch']}, triton {data['triton']}, {data['date']}")
     print(table(data["results"]))
-    if args.plot:
-        plot(data["results"], args.plot, f"first request after each scenario, {data['device']}, triton {data['triton']}")
+    print(ratio_summary(data["results"]))
+    if args.plot:  # one bar group per scenario: the first round's
+        plot([r for r in data["results"] if r.get("round", 1) == 1], args.plot,
+             f"first request after each scenario, {data['device']}, triton {data['triton']}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ for step in $steps; do
     tests)    python3 -m pytest -p pytest_ssd -n 8 -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/tests.log" ;;
     suite)    python3 -m pytest -p pytest_ssd --pyargs pytest_ssd.suite -q -p no:cacheprovider -rs \
                 --ssd-report "$OUT/suite.json" 2>&1 | tee "$OUT/suite.log" ;;
-    latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" 2>&1 | tail -20 ;;
+    latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" --rounds 3 2>&1 | tail -12 ;;
     recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
     kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 --repeat 2 2>&1 | tail -12 ;;
     probe)    python3 benchmarks/probe_first_request.py "$OUT/probe.json" --children 3 2>&1 | tail -24 ;;
