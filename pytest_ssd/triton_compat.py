@@ -122,7 +122,7 @@ class DirectLauncher:
             compiled[grid](*args, *tail)
             return
         compiled = jit[grid](*args, **constexprs)
-        if key is None or not DIRECT_LAUNCH or not hasattr(compiled, "function"):
+        if key is None or not DIRECT_LAUNCH or not _plain_jit(jit) or not hasattr(compiled, "function"):
             return
         names = getattr(jit, "arg_names", ())[len(args):]
         if all(name in constexprs for name in names):
@@ -131,6 +131,14 @@ class DirectLauncher:
     def clear(self) -> None:
         """Forget every kept binary: the next launch per key goes through the JIT again."""
         self._compiled.clear()
+
+
+def _plain_jit(fn: Any) -> bool:
+    """A bare ``JITFunction``: an autotuner or heuristics wrapper picks its binary per call, so
+    its first pick must not be kept."""
+    from triton.runtime.jit import JITFunction
+
+    return isinstance(fn, JITFunction)
 
 
 # --------------------------------------------------------------------------------------

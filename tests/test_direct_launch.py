@@ -36,6 +36,7 @@ class FakeJIT:
 @pytest.fixture
 def direct(monkeypatch):
     monkeypatch.setattr(triton_compat, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(triton_compat, "_plain_jit", lambda fn: isinstance(fn, FakeJIT))
     return DirectLauncher()
 
 
@@ -81,3 +82,26 @@ def test_older_triton_always_dispatches(monkeypatch):
 
 def test_direct_launch_is_on_for_the_checked_releases():
     assert triton_compat.DIRECT_LAUNCH == triton_compat.version_at_least(3, 4)
+
+
+def test_autotuned_kernels_always_dispatch(direct, monkeypatch):
+    """An autotuner picks its binary per call: its first pick is never kept."""
+    class FakeAutotuner(FakeJIT):
+        pass
+
+    monkeypatch.setattr(triton_compat, "_plain_jit", lambda fn: type(fn) is FakeJIT)
+    jit = FakeAutotuner()
+    for _ in range(2):
+        direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="k")
+    assert len(jit.dispatches) == 2
+
+
+def test_only_bare_jit_functions_are_kept():
+    import triton
+    from triton.runtime.autotuner import Autotuner
+
+    from pytest_ssd.kernels.chunk_scan import CHUNK_SCAN
+
+    assert triton_compat._plain_jit(CHUNK_SCAN.compiled)
+    tuned = triton_compat.autotune(CHUNK_SCAN.compiled, [triton.Config({})], [])
+    assert isinstance(tuned, Autotuner) and not triton_compat._plain_jit(tuned)
