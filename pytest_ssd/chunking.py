@@ -15,7 +15,10 @@ from typing import Sequence
 
 import torch
 
-from .validation import check_cu_seqlens, check_positive_int, check_power_of_two
+from .validation import check_cu_seqlens, check_positive_int, check_power_of_two, short_list
+
+# The kernel's metadata arguments, in its order.
+METADATA_NAMES = ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,29 @@ def check_chunk_metadata(
     """Raise ``ValueError`` when given chunk metadata disagrees with ``cu_seqlens``/``chunk_size``.
 
     Kernels index memory with these values, so a mismatch would read or write out of bounds.
+    Reads every tensor back; the bundled kernel packs them into one copy and calls
+    :func:`check_chunk_offsets` itself.
     """
-    want = chunk_metadata(cu_seqlens, chunk_size)
-    for name, got, expected in (
-        ("cu_chunk_seqlens", cu_chunk_seqlens, want.cu_chunk_seqlens),
-        ("seq_idx", seq_idx, want.seq_idx),
-        ("last_chunk_indices", last_chunk_indices, want.last_chunk_indices),
-    ):
-        if not isinstance(got, torch.Tensor) or got.dim() != 1:
-            raise ValueError(f"{name}: expected a 1-D int32 tensor, got {got!r:.80}")
-        if got.shape != expected.shape or not torch.equal(got.to(expected.device, torch.int32), expected):
+    offsets = check_cu_seqlens(cu_seqlens, None)
+    got = []
+    for name, t in zip(METADATA_NAMES[1:], (cu_chunk_seqlens, seq_idx, last_chunk_indices)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1:
+            raise ValueError(f"{name}: expected a 1-D integer tensor, got {t!r:.80}")
+        got.append(t.tolist())
+    check_chunk_offsets(offsets, chunk_size, *got)
+
+
+def check_chunk_offsets(offsets: list, chunk_size: int, cu_chunk_seqlens: list, seq_idx: list,
+                        last_chunk_indices: list) -> None:
+    """:func:`check_chunk_metadata` on values already read to the host (``offsets`` is a checked
+    ``cu_seqlens``): each list must equal what :func:`chunk_offsets` builds."""
+    seqlens = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+    got = (cu_chunk_seqlens, seq_idx, last_chunk_indices)
+    for name, have, want in zip(METADATA_NAMES[1:], got, chunk_offsets(seqlens, chunk_size)):
+        if have != want:
             raise ValueError(
-                f"{name}: disagrees with cu_seqlens={cu_seqlens.tolist()[:8]}... and chunk_size={chunk_size}: "
-                f"expected {expected.tolist()[:16]}, got {got.tolist()[:16]} "
+                f"{name}: disagrees with cu_seqlens={short_list(offsets, 16)} and chunk_size={chunk_size}: "
+                f"expected {short_list(want, 16)}, got {short_list(have, 16)} "
                 f"(build it with pytest_ssd.chunking.chunk_metadata)"
             )
 

@@ -126,12 +126,12 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: Optional[int], name
         raise ValueError(f"{name}: expected at least 2 entries [0, T] (one sequence), got {cu_seqlens.tolist()}")
     offsets = [int(v) for v in cu_seqlens.tolist()]
     if offsets[0] != 0:
-        raise ValueError(f"{name}: expected to start at 0, got {offsets[0]} (full: {_short(offsets)})")
+        raise ValueError(f"{name}: expected to start at 0, got {offsets[0]} (full: {short_list(offsets)})")
     for i in range(1, len(offsets)):
         if offsets[i] <= offsets[i - 1]:
             raise ValueError(
                 f"{name}: expected strictly increasing offsets (each sequence at least 1 token), got "
-                f"{offsets[i - 1]} then {offsets[i]} at index {i} (full: {_short(offsets)})"
+                f"{offsets[i - 1]} then {offsets[i]} at index {i} (full: {short_list(offsets)})"
             )
     if total_tokens is not None and offsets[-1] != total_tokens:
         raise ValueError(
@@ -185,5 +185,6 @@ def optional_shape(name: str, tensor: Optional[torch.Tensor], options: Sequence[
     raise ValueError(f"{name}: expected shape {want}, got {tuple(tensor.shape)}")
 
 
-def _short(values: list, limit: int = 12) -> str:
+def short_list(values: list, limit: int = 12) -> str:
+    """``values`` for an error message: the first ``limit`` of them, then "..."."""
     return str(values) if len(values) <= limit else str(values[:limit])[:-1] + ", ...]"

@@ -79,6 +79,7 @@ def test_check_chunk_metadata_accepts_what_chunk_metadata_builds() -> None:
         ("last_chunk_indices", cu(1, 2)),
         ("last_chunk_indices", cu(0)),
         ("seq_idx", [0, 1, 1]),
+        ("seq_idx", cu(0, 1, 1)[None]),  # right values, 2-D
     ],
 )
 def test_check_chunk_metadata_names_the_wrong_argument(name: str, bad: object) -> None:
@@ -121,3 +122,4 @@ def test_metadata_is_frozen() -> None:
     assert isinstance(meta, ChunkMetadata)
     with pytest.raises(AttributeError):
         meta.seq_idx = cu(1)
+

@@ -30,7 +30,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 
 from .. import chunking
-from ..chunking import chunk_offsets
+from ..chunking import METADATA_NAMES
 from ..compile_only import compile_only_active
 from ..triton_compat import DirectLauncher, KernelPair
 from ..validation import (check_contiguous, check_cu_seqlens, check_divides, check_dt_limit, check_dtype,
@@ -46,7 +46,6 @@ MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ALIGNMENT = 16  # bytes; Triton compiles a separate binary for pointers that are not 16-byte aligned
 MAX_GRID_YZ = 65535  # CUDA limit on the 2nd and 3rd grid dimension (chunks, sequences)
-METADATA_NAMES = ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")
 
 
 def mamba_chunk_scan_combined_varlen(
@@ -101,8 +100,8 @@ def mamba_chunk_scan_combined_varlen(
         sizes = _validate(*tensors, metadata, chunk_size, dt_limit, state_dtype)
     T, H, P, G, N, S, nchunks, lo, hi, device = sizes
 
-    interpret = device.type == "cpu" and not compile_only_active()
-    direct = device.type == "cuda" and not compile_only_active()  # compile-only launches are fake
+    real = not compile_only_active()  # compile-only launches are fake: compiled kernels, nothing kept
+    interpret, direct = real and device.type == "cpu", real and device.type == "cuda"
     chunk_state, bmm, state_passing, chunk_scan = _stage_plans(_PlanKey(
         dims=LayerDims(H, G, P, N, chunk_size, x.dtype),
         init_dtype=None if initial_states is None else initial_states.dtype, has_D=D is not None,
@@ -114,8 +113,8 @@ def mamba_chunk_scan_combined_varlen(
         # Until the first launch the GPU waits for the host: only what the first stage needs
         # comes before it (and the metadata check, whose device-to-host copy comes last).
         checked = chunking.CHECKED_METADATA.seen(metadata, chunk_size, T)
-        packed = None if checked else torch.cat([_normalized_int32(t) for t in metadata])
         cu_chunks, seq_idx32, last32 = (_normalized_int32(t) for t in metadata[1:])
+        packed = None if checked else torch.cat([_normalized_int32(cu_seqlens), cu_chunks, seq_idx32, last32])
         dt_out, dA_cumsum, CB, chunk_states = _workspace(
             device, (nchunks, H, chunk_size), (nchunks, H, chunk_size), (nchunks, G, chunk_size, chunk_size),
             (nchunks, H, P, N))
@@ -365,19 +364,8 @@ def _check_metadata(host: torch.Tensor, nseqs: int, nchunks: int, chunk_size: in
     seq_idx + last_chunk_indices``, against ``cu_seqlens``: the kernels index memory with it."""
     offsets = check_cu_seqlens(host[:nseqs + 1], total_tokens, "cu_seqlens")
     rest = host[nseqs + 1:].tolist()
-    got = (rest[:nchunks + 1], rest[nchunks + 1:2 * nchunks + 1], rest[2 * nchunks + 1:])
-    seqlens = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
-    for name, have, want in zip(("cu_chunk_seqlens", "seq_idx", "last_chunk_indices"), got,
-                                chunk_offsets(seqlens, chunk_size)):
-        if have != want:
-            raise ValueError(
-                f"{name}: disagrees with cu_seqlens={_short(offsets)} and chunk_size={chunk_size}: expected "
-                f"{_short(want)}, got {_short(have)} (build it with pytest_ssd.chunking.chunk_metadata)"
-            )
-
-
-def _short(values: list, limit: int = 16) -> str:
-    return str(values) if len(values) <= limit else str(values[:limit])[:-1] + ", ...]"
+    chunking.check_chunk_offsets(offsets, chunk_size, rest[:nchunks + 1], rest[nchunks + 1:2 * nchunks + 1],
+                                 rest[2 * nchunks + 1:])
 
 
 class _device_guard:
