@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .validation import dtype_name
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -108,5 +110,5 @@ def assert_ssd_close(
     problems = [p for p in problems if p]
     if problems:
         seed_line = f"\nseed: {seed}" if seed is not None else ""
-        raise AssertionError(f"SSD kernel disagrees with the reference ({str(dtype).replace('torch.', '')}):\n  "
+        raise AssertionError(f"SSD kernel disagrees with the reference ({dtype_name(dtype)}):\n  "
                              + "\n  ".join(problems) + seed_line)

@@ -17,6 +17,8 @@ import torch
 
 from .chunking import chunk_metadata
 from .validation import (
+    MODEL_DTYPES,
+    STATE_DTYPES,
     check_bool,
     check_divides,
     check_dt_limit,
@@ -27,8 +29,6 @@ from .validation import (
 
 __all__ = ["Mixer2Layer", "make_mixer2_layer", "SSDInputs", "make_ssd_inputs"]
 
-MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # After mamba_ssm's Mamba2: A = -exp(A_log) in [-16, -1] (Mamba2 draws A uniform in [1, 16];
 # here A_log is uniform, so A is log-uniform: more heads decay slowly); dt log-uniform in

@@ -12,6 +12,8 @@ import torch
 Dim = Union[int, str, None]  # an exact size, a symbolic name bound on first use, or "any"
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what a layer's activations may be
+STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what its SSM state may be
 
 
 def _fmt_shape(dims: Sequence[Dim]) -> str:
@@ -46,8 +48,9 @@ def check_shape(name: str, tensor: torch.Tensor, dims: Sequence[Dim], sizes: dic
             raise ValueError(f"{name}: expected shape {_fmt_shape(dims)}, got {tuple(tensor.shape)}")
 
 
-def _fmt_dtype(dtype: object) -> str:
-    # repr for a non-dtype, so the string "float32" does not read like the dtype float32
+def dtype_name(dtype: object) -> str:
+    """``bfloat16`` for ``torch.bfloat16``; the repr of anything else (so the string "float32"
+    does not read like the dtype)."""
     return str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else repr(dtype)
 
 
@@ -60,8 +63,8 @@ def check_dtype_value(name: str, dtype: object, allowed: Iterable[torch.dtype]) 
     """Check a dtype argument (not a tensor's) is one of ``allowed``."""
     allowed = tuple(allowed)
     if not isinstance(dtype, torch.dtype) or dtype not in allowed:
-        names = ", ".join(_fmt_dtype(d) for d in allowed)
-        raise ValueError(f"{name}: expected dtype in ({names}), got {_fmt_dtype(dtype)}")
+        names = ", ".join(dtype_name(d) for d in allowed)
+        raise ValueError(f"{name}: expected dtype in ({names}), got {dtype_name(dtype)}")
 
 
 def check_positive_int(name: str, value: object) -> None:

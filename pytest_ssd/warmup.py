@@ -18,7 +18,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .validation import check_positive_int
+from .validation import check_positive_int, dtype_name
 
 logger = logging.getLogger("pytest_ssd")
 
@@ -33,10 +33,6 @@ class WarmupResult:
     warmed: list = field(default_factory=list)
     seconds: float = 0.0
     calls: int = 0
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 def warmup_ssd_kernels(
@@ -82,20 +78,18 @@ def warmup_ssd_kernels(
 
     name = getattr(kernel, "__name__", repr(kernel))
     what = (f"{name}(H={layer.local_heads}, P={layer.head_dim}, G={layer.local_groups}, N={layer.ssm_state_size}, "
-            f"chunk_size={layer.chunk_size}, x={_dtype_name(layer.dtype)}, "
-            f"states={_dtype_name(layer.state_dtype)}, D={tuple(layer.D.shape)}, z={with_z}")
+            f"chunk_size={layer.chunk_size}, x={dtype_name(layer.dtype)}, "
+            f"states={dtype_name(layer.state_dtype)}, D={tuple(layer.D.shape)}, z={with_z}")
     calls = [([layer.chunk_size + 3, 1], False), ([layer.chunk_size + 3, 1], True)]
     if max_num_tokens is not None:
         calls.append(([max_num_tokens], False))
+    params = {p: getattr(layer, p).to(device) for p in ("A", "D", "dt_bias")}  # the layer's own, on the device
     warmed = []
     start = time.perf_counter()
     for seqlens, with_initial_states in calls:
         inputs = make_ssd_inputs(layer, seqlens, seed=0, with_initial_states=with_initial_states, with_z=with_z,
                                  device=device)
-        kwargs = inputs.kernel_kwargs(layer)
-        for name in ("A", "D", "dt_bias"):  # the layer's own tensors, on the warmup's device
-            kwargs[name] = kwargs[name].to(device)
-        kernel(out=torch.empty_like(inputs.x), **kwargs)
+        kernel(out=torch.empty_like(inputs.x), **{**inputs.kernel_kwargs(layer), **params})
         tokens = "" if len(calls) == 2 else f", {sum(seqlens)} tokens"
         warmed.append(f"{what}, HAS_INITSTATES={with_initial_states}{tokens})")
     if device.type == "cuda":

@@ -182,3 +182,29 @@ def test_the_bad_input_fixture_is_otherwise_valid(mixer2_layer, ssd_inputs) -> N
 
 def test_dt_limit_default_is_no_clamp() -> None:
     assert math.isinf(combined.mamba_chunk_scan_combined_varlen.__defaults__[5][1])
+
+
+def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, monkeypatch) -> None:
+    """The tuning sweep's overrides reach the launches (cached plans are dropped), and go away after."""
+    from pytest_ssd.kernels import configs
+
+    layer = mixer2_layer(**SMALL, device="cpu")
+    inputs = ssd_inputs(layer, [5, 20, 1], device="cpu")
+    seen = []
+    real = combined._launch
+
+    def spy(stage, grid, args, device_index):
+        seen.append(dict(stage.constexprs))
+        real(stage, grid, args, device_index)
+
+    def scan_blocks():
+        seen.clear()
+        out, _ = run_kernel(layer, inputs)
+        assert torch.isfinite(out).all()
+        return seen[3]["BLOCK_M"]
+
+    monkeypatch.setattr(combined, "_launch", spy)
+    default = scan_blocks()
+    with configs.overridden("chunk_scan", configs.LaunchConfig({"BLOCK_M": 32}, num_warps=2, num_stages=1)):
+        assert scan_blocks() == 32 != default
+    assert scan_blocks() == default

@@ -22,19 +22,22 @@ metadata built by :func:`pytest_ssd.chunking.chunk_metadata` is not read back.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
+import triton
 
 from .. import chunking
 from ..chunking import METADATA_NAMES
 from ..compile_only import compile_only_active
-from ..triton_compat import DirectLauncher, KernelPair
-from ..validation import (check_contiguous, check_cu_seqlens, check_divides, check_dt_limit, check_dtype,
-                          check_power_of_two, check_same_device, check_shape, contiguous_strides, optional_shape)
+from ..triton_compat import DirectLauncher
+from ..validation import (MODEL_DTYPES, STATE_DTYPES, check_contiguous, check_cu_seqlens, check_divides,
+                          check_dt_limit, check_dtype, check_power_of_two, check_same_device, check_shape,
+                          contiguous_strides, optional_shape)
 from .bmm import BMM_CHUNK
 from .chunk_scan import CHUNK_SCAN
 from .chunk_state import CHUNK_STATE
@@ -42,8 +45,6 @@ from . import configs
 from .configs import LayerDims
 from .state_passing import STATE_PASSING
 
-MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ALIGNMENT = 16  # bytes; Triton compiles a separate binary for pointers that are not 16-byte aligned
 MAX_GRID_YZ = 65535  # CUDA limit on the 2nd and 3rd grid dimension (chunks, sequences)
 
@@ -106,8 +107,7 @@ def mamba_chunk_scan_combined_varlen(
         dims=LayerDims(H, G, P, N, chunk_size, x.dtype),
         init_dtype=None if initial_states is None else initial_states.dtype, has_D=D is not None,
         D_has_hdim=D is not None and D.dim() == 2, has_z=z is not None, has_dt_bias=dt_bias is not None,
-        dt_softplus=bool(dt_softplus), has_dt_limit=(lo, hi) != (0.0, math.inf), interpret=interpret,
-        configs_generation=configs.generation()))
+        dt_softplus=bool(dt_softplus), has_dt_limit=(lo, hi) != (0.0, math.inf), interpret=interpret))
     device_index = device.index if direct else None
     with _device_guard(device):
         # Until the first launch the GPU waits for the host: only what the first stage needs
@@ -242,11 +242,9 @@ def _fast_sizes(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, ch
 class _StagePlan:
     """What one of the four launches takes that the layer and the call's flags fix."""
 
-    name: str
-    kernel: KernelPair
+    kernel: Any  # the compiled (JITFunction) or the interpreted kernel
     constexprs: dict  # constexpr arguments and launch options
     tiles: int  # programs per (chunk or head, ...) cell: grid axis 0
-    interpret: bool  # the interpreted kernel (CPU tensors) or the compiled one
 
 
 class _PlanKey(NamedTuple):
@@ -261,7 +259,6 @@ class _PlanKey(NamedTuple):
     dt_softplus: bool
     has_dt_limit: bool
     interpret: bool
-    configs_generation: int  # changes while the tuning sweep overrides a config
 
 
 @functools.lru_cache(maxsize=None)
@@ -286,17 +283,17 @@ def _stage_plans(key: _PlanKey) -> tuple:
 
     def stage(name, kernel, tiles, **constexprs):
         c = cfg[name]
-        return _StagePlan(name, kernel, dict(constexprs, **c.launch_kwargs(interpret)), tiles(c.blocks), interpret)
+        return _StagePlan(kernel.pick(interpret), dict(constexprs, **c.launch_kwargs(interpret)), tiles(c.blocks))
 
     return (
-        stage("chunk_state", CHUNK_STATE, lambda b: _cdiv(P, b["BLOCK_M"]) * _cdiv(N, b["BLOCK_N"]),
+        stage("chunk_state", CHUNK_STATE, lambda b: triton.cdiv(P, b["BLOCK_M"]) * triton.cdiv(N, b["BLOCK_N"]),
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
               HAS_DT_LIMIT=has_dt_limit, **common),
         stage("bmm_chunk", BMM_CHUNK, lambda b: (L // b["BLOCK_M"]) * (L // b["BLOCK_N"]),
               G=G, N=N, CHUNK_SIZE=L, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype),
-        stage("state_passing", STATE_PASSING, lambda b: _cdiv(P * N, b["BLOCK"]),
+        stage("state_passing", STATE_PASSING, lambda b: triton.cdiv(P * N, b["BLOCK"]),
               H=H, DIM=P * N, CHUNK_SIZE=L, HAS_INITSTATES=has_init),
-        stage("chunk_scan", CHUNK_SCAN, lambda b: _cdiv(L, b["BLOCK_M"]) * _cdiv(P, b["BLOCK_N"]),
+        stage("chunk_scan", CHUNK_SCAN, lambda b: triton.cdiv(L, b["BLOCK_M"]) * triton.cdiv(P, b["BLOCK_N"]),
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_INITSTATES=has_init, HAS_D=has_D, D_HAS_HDIM=D_has_hdim,
               HAS_Z=has_z, **common),
     )
@@ -308,7 +305,7 @@ _LAUNCHER = DirectLauncher()
 def _launch(stage: _StagePlan, grid: tuple, args: tuple, device_index: Optional[int]) -> None:
     """Launch one stage; on a real GPU (``device_index`` given) warm launches skip Triton's dispatch."""
     key = None if device_index is None else (stage, device_index)
-    _LAUNCHER.launch(stage.kernel.pick(stage.interpret), grid, args, stage.constexprs, key)
+    _LAUNCHER.launch(stage.kernel, grid, args, stage.constexprs, key)
 
 
 def _workspace(device: torch.device, *shapes: tuple) -> list:
@@ -338,10 +335,6 @@ def _dot_dtype(dtype: torch.dtype, interpret: bool):
     return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _check_aligned(name: str, t: torch.Tensor) -> None:
     offset = t.data_ptr() % ALIGNMENT
     if offset:
@@ -368,17 +361,11 @@ def _check_metadata(host: torch.Tensor, nseqs: int, nchunks: int, chunk_size: in
                                  rest[2 * nchunks + 1:])
 
 
-class _device_guard:
+def _device_guard(device: torch.device):
     """``torch.cuda.device(device)`` for CUDA tensors (Triton launches on the current device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
-    def __init__(self, device: torch.device):
-        self._guard = torch.cuda.device(device) if device.type == "cuda" else None
 
-    def __enter__(self):
-        if self._guard is not None:
-            self._guard.__enter__()
-
-    def __exit__(self, *exc):
-        if self._guard is not None:
-            return self._guard.__exit__(*exc)
-        return False
+# A config override (the tuning sweep) changes what the plans hold: plans and kept binaries go.
+configs.on_change(_stage_plans.cache_clear)
+configs.on_change(_LAUNCHER.clear)

@@ -9,7 +9,6 @@ interpreter) on small tiles.
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass, field, replace
 from typing import Iterator, NamedTuple
 
@@ -46,9 +45,8 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, 1 << max(0, n - 1).bit_length())
 
 
-@functools.lru_cache(maxsize=None)
 def default_configs(dims: LayerDims) -> dict:
-    """One :class:`LaunchConfig` per stage for ``dims`` (do not mutate the returned dict)."""
+    """One :class:`LaunchConfig` per stage for ``dims``."""
     L, P, N = dims.chunk_size, _pow2(dims.head_dim), _pow2(dims.dstate)
     return {
         "chunk_state": LaunchConfig({"BLOCK_M": min(64, P), "BLOCK_N": min(128, N), "BLOCK_K": min(32, L)},
@@ -63,19 +61,21 @@ def default_configs(dims: LayerDims) -> dict:
 
 
 _OVERRIDES: dict = {}
-_GENERATION = [0]  # bumped whenever the overrides change, so cached launch plans are rebuilt
+_ON_CHANGE: list = []  # called whenever the overrides change: whoever caches configs drops them
 
 
-def generation() -> int:
-    """A number that changes whenever :func:`configs_for` may answer differently."""
-    return _GENERATION[0]
+def on_change(callback) -> None:
+    """Call ``callback()`` whenever :func:`overridden` changes what :func:`configs_for` answers."""
+    _ON_CHANGE.append(callback)
+
+
+def _changed() -> None:
+    for callback in _ON_CHANGE:
+        callback()
 
 
 def configs_for(dims: LayerDims) -> dict:
     configs = default_configs(dims)
-    if not _OVERRIDES:
-        return configs
-    configs = dict(configs)
     for stage, override in _OVERRIDES.items():
         configs[stage] = replace(configs[stage], blocks={**configs[stage].blocks, **override.blocks},
                                  num_warps=override.num_warps, num_stages=override.num_stages)
@@ -89,7 +89,7 @@ def overridden(stage: str, config: LaunchConfig) -> Iterator[None]:
         raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
     previous = _OVERRIDES.get(stage)
     _OVERRIDES[stage] = config
-    _GENERATION[0] += 1
+    _changed()
     try:
         yield
     finally:
@@ -97,4 +97,4 @@ def overridden(stage: str, config: LaunchConfig) -> Iterator[None]:
             _OVERRIDES.pop(stage)
         else:
             _OVERRIDES[stage] = previous
-        _GENERATION[0] += 1
+        _changed()
