@@ -113,7 +113,7 @@ def ssd_assert_close(request, ssd_seed) -> Callable:
 
 
 @pytest.fixture
-def ssd_coverage_check(pytestconfig) -> Callable:
+def ssd_coverage_check(request) -> Callable:
     """``ssd_coverage_check(warm_recording, workload, what=..., cold=None)``: run ``workload()`` and
     fail if it compiles or autotunes anything, each event explained against the process's warm set.
 
@@ -121,11 +121,12 @@ def ssd_coverage_check(pytestconfig) -> Callable:
     :mod:`pytest_ssd.cold_workload`); with it, warm binaries the workload never needs are filed
     as unused in the report.
     """
-    session = ssd_session(pytestconfig)
+    session = ssd_session(request.config)
 
     def check(warm, workload: Callable, what: str = "workload", cold=None) -> None:
         from .coverage import compare
         from .events import record_triton
+        from .report import ColdRecord
 
         if session.kernel_interpreted:
             pytest.skip(f"{session.settings.kernel} runs under Triton's interpreter on CPU, where nothing compiles; "
@@ -137,7 +138,10 @@ def ssd_coverage_check(pytestconfig) -> Callable:
             known = session.report.unused_binaries or []
             session.report.unused_binaries = known + [e.describe() for e in unused if e.describe() not in known]
         if rec.events:
-            lines = session.absorb(rec.events)
+            lines = session.absorb(rec.events)  # filed here once: the test phase's watcher skips them
+            session.report.cold.append(ColdRecord(
+                nodeid=request.node.nodeid, phase="call", outcome="failed", lines=lines,
+                seconds=round(sum(e.seconds or 0.0 for e in rec.events), 4)))
             pytest.fail(f"{what}: {len(rec.events)} Triton compile/autotune event(s) after warmup "
                         f"({len(warm.events)} event(s) in the warmup):\n  " + "\n  ".join(lines), pytrace=False)
 

@@ -142,7 +142,7 @@ def _enforced(item: pytest.Item) -> bool:
 def _record_phase(item: pytest.Item, phase: str, rec, test_failed: bool) -> Optional[str]:
     """File what a phase compiled; returns the failure message when it must fail the test."""
     session = ssd_session(item.config)
-    events = session.outside_warmups(rec.events)  # the warmup reports its own
+    events = session.unfiled(rec.events)  # warmups and coverage checks file their own
     if not events:
         return None
     lines = session.absorb(events)

@@ -176,14 +176,14 @@ class SSDSession:
         ))
         return rec
 
-    def outside_warmups(self, events: list) -> list:
-        """Drop events that a warmup of this session recorded (nested recordings see them too).
+    def unfiled(self, events: list) -> list:
+        """Drop events already filed: recorded by a warmup or explained by :meth:`absorb`.
 
-        Every recording gets an equal event for one compile (same fields, same measured time), so
-        equality, not identity of the objects, tells them apart.
+        Recordings nest (a warmup or a coverage check inside a watched test phase), and each gets
+        an equal event for one compile (same fields, same measured time): equality, not identity
+        of the objects, tells them apart.
         """
-        during_warmups = [e for rec in self._warmups.values() for e in rec.events]
-        return [e for e in events if e not in during_warmups]
+        return [e for e in events if e not in self._warm_events]
 
     # ---- the warm set and explanations --------------------------------------------------------
     def absorb(self, events: list) -> list:

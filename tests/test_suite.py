@@ -89,13 +89,18 @@ def test_suite_fails_on_a_warmup_that_skips_has_initstates_true(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
     # A fresh process: in this one, earlier tests may already hold the kernel's binaries in memory.
+    report = pytester.path / "r.json"
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_without_initial_states",
-                                           "-k", "coverage")
+                                           "-k", "coverage", f"--ssd-report={report}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*Triton compile/autotune event(s) after warmup*",
         "*HAS_INITSTATES=True*never warmed (warmup had False)*",
     ])
+    # Filed once, with the right reason: the watched call phase does not file the same events again.
+    (cold,) = [c for w in json.loads(report.read_text())["workers"] for c in w["cold"]]
+    assert cold["outcome"] == "failed" and cold["lines"]
+    assert all("never warmed (warmup had False)" in line for line in cold["lines"]), cold["lines"]
 
 
 def test_unused_warm_binaries_are_reported(pytester):
