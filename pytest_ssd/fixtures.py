@@ -127,11 +127,12 @@ def ssd_coverage_check(request) -> Callable:
         from .coverage import compare
         from .events import record_triton
         from .report import ColdRecord
+        from .triton_compat import jit_dispatch
 
         if session.kernel_interpreted:
             pytest.skip(f"{session.settings.kernel} runs under Triton's interpreter on CPU, where nothing compiles; "
                         f"check warmup coverage with --ssd-compile-only cuda:90 (or on a GPU)")
-        with record_triton() as rec:
+        with record_triton() as rec, jit_dispatch():  # what Triton would compile, launch by launch
             workload()
         if cold is not None:
             unused = compare(warm, rec, workload_cold=cold).unused

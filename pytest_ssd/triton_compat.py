@@ -94,6 +94,24 @@ def kernel_pair(
 DIRECT_LAUNCH = version_at_least(3, 4)
 
 
+_JIT_ONLY = [0]  # > 0 inside jit_dispatch(): no launch skips Triton's JIT
+
+
+@contextmanager
+def jit_dispatch() -> Iterator[None]:
+    """Inside the block every :class:`DirectLauncher` launch goes through Triton's JIT.
+
+    For warmup-coverage recordings: they must show what Triton would compile for each request,
+    which is also the check that a direct launch's key fixes everything Triton specializes on.
+    A direct launch never compiles, so a recording of direct launches could not see a miss.
+    """
+    _JIT_ONLY[0] += 1
+    try:
+        yield
+    finally:
+        _JIT_ONLY[0] -= 1
+
+
 class DirectLauncher:
     """Launch JIT kernels through Triton once per key, then straight to the binary it picked.
 
@@ -116,7 +134,7 @@ class DirectLauncher:
         ``args`` are the leading parameters, in order; ``constexprs`` the rest by name, plus
         launch options (``num_warps``, ``num_stages``).
         """
-        kept = self._compiled.get(key) if key is not None else None
+        kept = self._compiled.get(key) if key is not None and not _JIT_ONLY[0] else None
         if kept is not None:
             compiled, tail = kept
             compiled[grid](*args, *tail)

@@ -80,8 +80,14 @@ def test_older_triton_always_dispatches(monkeypatch):
     assert len(jit.dispatches) == 2
 
 
-def test_direct_launch_is_on_for_the_checked_releases():
-    assert triton_compat.DIRECT_LAUNCH == triton_compat.version_at_least(3, 4)
+def test_inside_jit_dispatch_kept_binaries_are_not_used(direct):
+    jit = FakeJIT()
+    direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="k")
+    with triton_compat.jit_dispatch():
+        direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="k")
+    assert len(jit.dispatches) == 2 and jit.compiled.launches == []
+    direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="k")  # after the block: direct again
+    assert len(jit.dispatches) == 2 and len(jit.compiled.launches) == 1
 
 
 def test_autotuned_kernels_always_dispatch(direct, monkeypatch):
