@@ -59,12 +59,14 @@ def mismatch_report(
         return f"{name}: shape {tuple(actual.shape)}, reference {tuple(expected.shape)}"
     a = actual.detach().to("cpu", torch.float64)
     e = expected.detach().to("cpu", torch.float64)
-    bad_values = ~torch.isfinite(a)
-    if bool(bad_values.any()):
-        idx = tuple(int(i) for i in bad_values.nonzero()[0])
-        where = _sequence_of(idx[token_axis], cu_seqlens) if token_axis is not None else ""
-        return (f"{name}: {int(bad_values.sum())} of {a.numel()} elements are NaN/inf (first at index {idx}{where}: "
-                f"{a[idx].item()}); NaN never passes; an unwritten output keeps its NaN poison")
+    for side, t, why in (("kernel", a, "an unwritten output keeps its NaN poison"),
+                         ("reference", e, "the reference's inputs overflow or are not finite")):
+        bad_values = ~torch.isfinite(t)
+        if bool(bad_values.any()):  # NaN compares false with everything: never let it reach the tolerance
+            idx = tuple(int(i) for i in bad_values.nonzero()[0])
+            where = _sequence_of(idx[token_axis], cu_seqlens) if token_axis is not None else ""
+            return (f"{name}: {int(bad_values.sum())} of {t.numel()} {side} elements are NaN/inf (first at index "
+                    f"{idx}{where}: {t[idx].item()}); NaN never passes; {why}")
     allowed = tol.atol + tol.rtol * e.abs()
     excess = (a - e).abs() - allowed
     n_bad = int((excess > 0).sum())

@@ -32,7 +32,7 @@ __all__ = ["Mixer2Layer", "make_mixer2_layer", "SSDInputs", "make_ssd_inputs"]
 
 # After mamba_ssm's Mamba2: A = -exp(A_log) in [-16, -1] (Mamba2 draws A uniform in [1, 16];
 # here A_log is uniform, so A is log-uniform: more heads decay slowly); dt log-uniform in
-# [dt_min, dt_max], floored, stored as its inverse softplus; D random around Mamba2's 1, so a
+# [dt_min, dt_max], floored, stored as its inverse softplus (as is, without softplus); D random around Mamba2's 1, so a
 # kernel that drops or misplaces the skip term cannot match by luck.
 A_LOG_RANGE = (math.log(1.0), math.log(16.0))
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 1e-1, 1e-4
@@ -140,7 +140,9 @@ def make_mixer2_layer(
     A_log = lo + (hi - lo) * torch.rand(nheads, generator=gen, dtype=f64)
     log_dt = math.log(DT_MIN) + (math.log(DT_MAX) - math.log(DT_MIN)) * torch.rand(nheads, generator=gen, dtype=f64)
     dt = torch.exp(log_dt).clamp(min=DT_INIT_FLOOR)  # as Mamba2; binds only if DT_MIN < floor
-    dt_bias = dt + torch.log(-torch.expm1(-dt))  # inverse of softplus: softplus(dt_bias) = dt
+    # Stored so that the kernel's dt' starts at dt: its inverse softplus, or dt itself when the
+    # kernel applies no softplus (an inverse softplus there, about -4, would clamp every dt' to 0).
+    dt_bias = dt + torch.log(-torch.expm1(-dt)) if dt_softplus else dt
     d_shape = (nheads, head_dim) if d_has_hdim else (nheads,)
     D = D_RANGE[0] + (D_RANGE[1] - D_RANGE[0]) * torch.rand(d_shape, generator=gen, dtype=f64)
     local = slice(0, nheads // tp_size)

@@ -31,8 +31,21 @@ def test_unwritten_poisoned_output_fails():
     out, states = _pair()
     poisoned = torch.full_like(out, float("nan"))
     poisoned[:5] = out[:5]
-    with pytest.raises(AssertionError, match=r"40 of 80 elements are NaN/inf"):
+    with pytest.raises(AssertionError, match=r"40 of 80 kernel elements are NaN/inf"):
         assert_ssd_close(poisoned, states, out, states, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("where", ["reference out", "reference states", "kernel states"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_on_either_side_never_passes(where, value):
+    out, states = _pair()
+    args = {"out": out.float(), "states": states.float(), "ref_out": out, "ref_states": states}
+    key = {"reference out": "ref_out", "reference states": "ref_states", "kernel states": "states"}[where]
+    args[key] = args[key].clone()
+    args[key].view(-1)[7] = value
+    side = "reference" if where.startswith("reference") else "kernel"
+    with pytest.raises(AssertionError, match=rf"1 of \d+ {side} elements are NaN/inf"):
+        assert_ssd_close(args["out"], args["states"], args["ref_out"], args["ref_states"], dtype=torch.float32)
 
 
 def test_states_are_checked_too():

@@ -258,3 +258,15 @@ def test_dataclasses_are_frozen_and_compare_by_identity() -> None:
     assert layer != make_mixer2_layer() and layer == layer, "== must not compare tensors elementwise"
     with pytest.raises(AttributeError):
         inputs.seed = 1
+
+
+@pytest.mark.parametrize("dt_softplus", [True, False])
+def test_dt_bias_starts_dt_in_mamba2_range_with_or_without_softplus(dt_softplus):
+    """The kernel's dt' = (softplus)(dt + dt_bias) starts in [dt_min, dt_max] either way; an inverse
+    softplus stored for a layer without softplus would clamp every dt' to 0 and test nothing."""
+    from pytest_ssd.layer import DT_MAX, DT_MIN
+
+    layer = make_mixer2_layer(nheads=64, head_dim=16, ssm_state_size=16, chunk_size=16, dt_softplus=dt_softplus,
+                              seed=7)
+    start = torch.nn.functional.softplus(layer.dt_bias) if dt_softplus else layer.dt_bias
+    assert bool(((start >= DT_MIN * 0.999) & (start <= DT_MAX * 1.001)).all()), start
