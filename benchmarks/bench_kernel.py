@@ -34,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,21 @@ def _inputs(layer, request, device, with_init, n_sets=1, seed=0):
     return sets
 
 
-def _first_request(torch, layer, request, device, prepared, since: float):
+def _rotating_call(sets: list):
+    """A callable that runs the kernel on the next of ``sets`` (``(kwargs, out)`` pairs) each time."""
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    state = {"i": 0}
+
+    def call():
+        kwargs, out = sets[state["i"] % len(sets)]
+        state["i"] += 1
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+
+    return call
+
+
+def _first_request(torch, device, prepared, since: float):
     """``prepared``: ``(kwargs, out)`` drawn before the warmup, so the request follows it at once;
     ``since``: when the GPU's last work (the warmup, the request before) was synchronized."""
     from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
@@ -112,19 +127,10 @@ def _segments(torch, device) -> int:
     return torch.cuda.memory_stats().get("segment.all.allocated", 0) if device == "cuda" else 0
 
 
-def _steady(torch, layer, request, device, with_init):
+def _steady(layer, request, device, with_init):
     import triton
 
-    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
-
-    sets = _inputs(layer, request, device, with_init, n_sets=4, seed=2000)
-    state = {"i": 0}
-
-    def call():
-        kwargs, out = sets[state["i"] % len(sets)]
-        state["i"] += 1
-        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-
+    call = _rotating_call(_inputs(layer, request, device, with_init, n_sets=4, seed=2000))
     if device != "cuda":
         call()
         start = time.perf_counter()
@@ -213,10 +219,10 @@ def _per_kernel(torch, layer, request, device):
     torch.cuda.synchronize()
     start = time.perf_counter()
     n = 200
-    for _ in range(n):  # what one call does for the check: pack, one device-to-host copy, compare
+    for _ in range(n):  # what a call with metadata not from chunk_metadata does once: pack, copy back, compare
         combined._check_metadata(torch.cat(meta).cpu(), S, C, layer.chunk_size, T)
     check_ms = (time.perf_counter() - start) * 1e3 / n
-    return {"kernels_ms_per_call": kernels, "metadata_check_ms": round(check_ms, 4)}
+    return {"kernels_ms_per_call": kernels, "foreign_metadata_check_ms": round(check_ms, 4)}
 
 
 def _matmul_control(torch, device) -> dict:
@@ -257,22 +263,20 @@ def run_scenario(name: str) -> dict:
 
     result = {"scenario": name, "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"),
               "triton_cache_autotuning": os.environ.get("TRITON_CACHE_AUTOTUNING")}
+    since = time.perf_counter()  # the GPU's last work was synchronized just above
     if name != "no_warmup":
-        _sync(torch, device)
         with record_triton() as rec:
-            start = time.perf_counter()
             warm = warmup_ssd_kernels(layer, max_num_tokens=MAX_NUM_TOKENS if device == "cuda" else None)
-            seconds = time.perf_counter() - start
+            since = time.perf_counter()  # the warmup synchronizes before it returns
         sources = [e.source for e in rec.compiles]
-        result["warmup"] = {"seconds": round(seconds, 3), "calls": warm.calls, "jit_misses": len(rec.compiles),
+        result["warmup"] = {"seconds": round(warm.seconds, 3), "calls": warm.calls, "jit_misses": len(rec.compiles),
                             "compiled_fresh": sources.count("compiled"), "from_disk": sources.count("disk"),
                             "autotune_benchmarks": len(rec.autotunes), "summary": rec.summary(),
                             "warmed": warm.warmed}
-    result["first_request"] = _first_request(torch, layer, request, device, prepared[False], time.perf_counter())
-    result["first_request_initial_states"] = _first_request(torch, layer, request, device, prepared[True],
-                                                            time.perf_counter())
-    result["steady"] = _steady(torch, layer, request, device, with_init=False)
-    result["steady_initial_states"] = _steady(torch, layer, request, device, with_init=True)
+    result["first_request"] = _first_request(torch, device, prepared[False], since)
+    result["first_request_initial_states"] = _first_request(torch, device, prepared[True], time.perf_counter())
+    result["steady"] = _steady(layer, request, device, with_init=False)
+    result["steady_initial_states"] = _steady(layer, request, device, with_init=True)
     result["loop"] = _loop(torch, layer, request, device, with_init=False)
     result["loop_initial_states"] = _loop(torch, layer, request, device, with_init=True)
     result["isolated"] = _isolated(torch, layer, request, device, with_init=False, n=40)
@@ -346,13 +350,7 @@ def run_sweep() -> dict:
     from pytest_ssd.kernels import configs, mamba_chunk_scan_combined_varlen
 
     sets = _inputs(layer, request, device, False, n_sets=4, seed=4000)
-    state = {"i": 0}
-
-    def call():
-        kwargs, out = sets[state["i"] % len(sets)]
-        state["i"] += 1
-        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-
+    call = _rotating_call(sets)
     kwargs0, out0 = sets[0]
     mamba_chunk_scan_combined_varlen(out=out0, **kwargs0)
     reference = out0.float().clone()
@@ -389,15 +387,21 @@ def run_sweep() -> dict:
 # --------------------------------------------------------------------------------------
 
 def _child(kind: str, env: dict, timeout: int) -> dict:
-    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
-        path = f.name
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-result", path]
-    proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sys.stdout.write(proc.stdout[-4000:])
-    if proc.returncode != 0:
-        return {"scenario": kind, "error": f"exit {proc.returncode}", "output": proc.stdout[-2000:]}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        sys.stdout.write(proc.stdout[-4000:])
+        if proc.returncode != 0:
+            return {"scenario": kind, "error": f"exit {proc.returncode}", "output": proc.stdout[-2000:]}
+        with open(path) as f:
+            return json.load(f)
+    except subprocess.TimeoutExpired:  # the rounds before it still count
+        return {"scenario": kind, "error": f"timed out after {timeout}s"}
+    finally:
+        os.unlink(path)
 
 
 def _environment() -> dict:
@@ -441,17 +445,26 @@ def _table(results: list) -> str:
 
 
 def _first_request_summary(results: list) -> str:
-    """The target's ratio over every process that warmed up: first request / do_bench steady."""
+    """The target's ratio over every process that warmed up: its first request (no initial
+    states) over do_bench's steady state, and over a warm call timed the same way; the first
+    request with initial states (the third call after the warmup) on a line of its own."""
     import statistics
 
-    ratios = [r[first]["wall_ms"] / r[steady]["median_ms"] for r in results
-              if "warmup" in r and "error" not in r
-              for first, steady in (("first_request", "steady"), ("first_request_initial_states",
-                                                                   "steady_initial_states"))]
-    if not ratios:
-        return "first request after warmup / do_bench steady: no warmed process"
-    return (f"first request after warmup / do_bench steady, {len(ratios)} requests in {len(ratios) // 2} "
-            f"processes: median {statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
+    warmed = [r for r in results if "warmup" in r and "error" not in r]
+    if not warmed:
+        return "first request after warmup: no warmed process"
+    lines = []
+    for label, first, steady, alone in (
+            ("first request after warmup", "first_request", "steady", "isolated"),
+            ("first request with initial states", "first_request_initial_states", "steady_initial_states",
+             "isolated_initial_states")):
+        over_steady = [r[first]["wall_ms"] / r[steady]["median_ms"] for r in warmed]
+        over_alone = [r[first]["wall_ms"] / r[alone]["median_ms"] for r in warmed]
+        lines.append(f"{label}, {len(warmed)} processes: / do_bench steady median "
+                     f"{statistics.median(over_steady):.2f}x ({min(over_steady):.2f}-{max(over_steady):.2f}x); "
+                     f"/ a warm call timed alone median {statistics.median(over_alone):.2f}x "
+                     f"({min(over_alone):.2f}-{max(over_alone):.2f}x)")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -499,12 +512,19 @@ def main() -> None:
                 continue
             print(f"--- {kind}, round {round_} (TRITON_CACHE_DIR={env['TRITON_CACHE_DIR']})", flush=True)
             results.append(dict(_child(kind, env, args.timeout), round=round_))
-    report = {"environment": _environment(), "layer": LAYER, "request": REQUEST, "results": results}
+    shutil.rmtree(root, ignore_errors=True)
+    environment = _environment()
+    smoke = environment["device"].startswith("cpu")  # the children ran the tiny layer
+    report = {"environment": environment, "layer": SMOKE_LAYER if smoke else LAYER,
+              "request": SMOKE_REQUEST if smoke else REQUEST, "results": results}
     with open(args.result, "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report["environment"]))
     print(_table([r for r in results if r.get("scenario") in SCENARIOS]))
     print(_first_request_summary(results))
+    failed = [r["scenario"] for r in results if "error" in r]
+    if failed:
+        sys.exit(f"failed scenarios: {failed}")
 
 
 if __name__ == "__main__":

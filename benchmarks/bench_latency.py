@@ -118,16 +118,18 @@ def table(results: list) -> str:
 
 
 def ratio_summary(results: list) -> str:
-    """First request / steady over every warmed process, per kernel."""
+    """First request / steady over every warmed process, per kernel: the first request after the
+    warmup, and the first with initial states (which comes after the other's steady state)."""
     import statistics
 
     lines = []
     for kernel in dict.fromkeys(r["kernel"] for r in results):
-        ratios = [r[f"ratio_{tag}"] for r in results if r["kernel"] == kernel and "warmup_s" in r
-                  and "error" not in r for tag in ("noinit", "init")]
-        if ratios:
-            lines.append(f"{kernel}: first request / steady after warmup, {len(ratios)} requests: median "
-                         f"{statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
+        warmed = [r for r in results if r["kernel"] == kernel and "warmup_s" in r and "error" not in r]
+        for tag, label in (("noinit", "first request after warmup"), ("init", "first request with initial states")):
+            ratios = [r[f"ratio_{tag}"] for r in warmed]
+            if ratios:
+                lines.append(f"{kernel}: {label} / steady, {len(ratios)} processes: median "
+                             f"{statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
     return "\n".join(lines)
 
 
@@ -204,6 +206,9 @@ def main() -> None:
     print(f"{data['device']}, torch {data['torch']}, triton {data['triton']}, {data['date']}")
     print(table(data["results"]))
     print(ratio_summary(data["results"]))
+    failed = [r["scenario"] for r in data["results"] if "error" in r]
+    if failed and not args.from_json:
+        sys.exit(f"failed scenarios: {failed}")
     if args.plot:  # one bar group per scenario: the first round's
         plot([r for r in data["results"] if r.get("round", 1) == 1], args.plot,
              f"first request after each scenario, {data['device']}, triton {data['triton']}")

@@ -133,6 +133,8 @@ def main() -> None:
     print(f"compile-only prediction == GPU binaries: {pr['identical']} "
           f"({pr['gpu_binaries']} GPU / {pr['compile_only_binaries']} compile-only binaries); "
           f"workload events GPU {len(pr['gpu_workload_events'])}, compile-only {len(pr['compile_only_workload_events'])}")
+    if lo["ratio"] < 0.98 or not pr["identical"]:
+        sys.exit("a recorder target was missed (see above)")
 
 
 if __name__ == "__main__":

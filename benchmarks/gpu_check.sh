@@ -15,7 +15,8 @@ steps=${*:-tests suite latency recorder}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 # The image has no network: install our package (entry point included) without its dependencies.
-python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
+python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/pip.log" 2>&1 \
+  || { tail -5 "$OUT/pip.log"; echo "installing the package failed"; exit 1; }
 status=0
 for step in $steps; do
   echo "=== $step"
