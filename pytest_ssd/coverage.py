@@ -82,11 +82,14 @@ def compare(warmup: Recording, workload: Recording, workload_cold: Recording | N
     binaries, keys = warmup.binaries(), warmup.autotune_keys()
     missing = [Miss(e, _why_compiled(e, list(binaries.values()), warmup) if isinstance(e, CompileEvent)
                     else _why_tuned(e, list(keys.values()), warmup)) for e in workload.events]
-    unused = None
-    if workload_cold is not None:
-        needed = set(workload_cold.binaries()) | set(workload_cold.autotune_keys())
-        unused = [e for identity, e in {**binaries, **keys}.items() if identity not in needed]
-    return CoverageReport(missing, unused, len(binaries), len(keys))
+    return CoverageReport(missing, None if workload_cold is None else unused(warmup, workload_cold),
+                          len(binaries), len(keys))
+
+
+def unused(warmup: Recording, workload_cold: Recording) -> list[Event]:
+    """Warmed binaries and autotune keys that the workload, recorded from a cold start, never needs."""
+    needed = set(workload_cold.binaries()) | set(workload_cold.autotune_keys())
+    return [e for identity, e in {**warmup.binaries(), **warmup.autotune_keys()}.items() if identity not in needed]
 
 
 def _same_kernel(event: Event, candidates: Sequence[Event]) -> list:

@@ -124,7 +124,7 @@ def ssd_coverage_check(request) -> Callable:
     session = ssd_session(request.config)
 
     def check(warm, workload: Callable, what: str = "workload", cold=None) -> None:
-        from .coverage import compare
+        from .coverage import unused
         from .events import record_triton
         from .report import ColdRecord
         from .triton_compat import jit_dispatch
@@ -135,9 +135,9 @@ def ssd_coverage_check(request) -> Callable:
         with record_triton() as rec, jit_dispatch():  # what Triton would compile, launch by launch
             workload()
         if cold is not None:
-            unused = compare(warm, rec, workload_cold=cold).unused
             known = session.report.unused_binaries or []
-            session.report.unused_binaries = known + [e.describe() for e in unused if e.describe() not in known]
+            session.report.unused_binaries = known + [e.describe() for e in unused(warm, cold)
+                                                      if e.describe() not in known]
         if rec.events:
             lines = session.absorb(rec.events)  # filed here once: the test phase's watcher skips them
             session.report.cold.append(ColdRecord(

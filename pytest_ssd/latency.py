@@ -58,14 +58,6 @@ def _uses_cuda(device: Optional[torch.device]) -> bool:
     return device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
-def _quantile(values: list, q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def measure_latency(
     fn: Callable[..., Any],
     input_sets: Sequence[tuple],
@@ -83,8 +75,10 @@ def measure_latency(
     """
     if not input_sets:
         raise ValueError("input_sets: expected at least one tuple of arguments, got none")
-    if repeats < 3 or warmup_runs < 0:
+    if repeats < 3:
         raise ValueError(f"repeats: expected >= 3 (a median needs several samples), got {repeats}")
+    if warmup_runs < 0:
+        raise ValueError(f"warmup_runs: expected >= 0, got {warmup_runs}")
     cuda = _uses_cuda(device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
@@ -112,12 +106,13 @@ def measure_latency(
             t0 = time.perf_counter()
             fn(*args)
             samples.append((time.perf_counter() - t0) * 1e3)
+    quintiles = statistics.quantiles(samples, n=5, method="inclusive")  # p20, p40, p60, p80
     return LatencyResult(
         name=name or getattr(fn, "__name__", "fn"),
         first_ms=first_ms,
         steady_median_ms=statistics.median(samples),
-        steady_p20_ms=_quantile(samples, 0.2),
-        steady_p80_ms=_quantile(samples, 0.8),
+        steady_p20_ms=quintiles[0],
+        steady_p80_ms=quintiles[3],
         repeats=repeats,
         input_sets=len(input_sets),
         timer="cuda-events" if cuda else "wall-clock",

@@ -111,11 +111,10 @@ def pytest_report_header(config: pytest.Config) -> list:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``ssd_dtype`` runs a test once per model dtype of ``--ssd-dtype``."""
     if "ssd_dtype" in metafunc.fixturenames:
-        import torch
+        from .suite.cases import DTYPES  # imports torch: only once a test asks for ssd_dtype
 
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
         names = ssd_session(metafunc.config).settings.dtype
-        metafunc.parametrize("ssd_dtype", [dtypes[n] for n in names], ids=list(names))
+        metafunc.parametrize("ssd_dtype", [DTYPES[n] for n in names], ids=list(names))
 
 
 # ---- warm enforcement ----------------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_cpu_ratio_never_fails():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"input_sets": []}, "input_sets: expected at least one"),
-                                           ({"input_sets": [()], "repeats": 1}, "repeats: expected >= 3")])
+                                           ({"input_sets": [()], "repeats": 1}, "repeats: expected >= 3"),
+                                           ({"input_sets": [()], "warmup_runs": -1}, "warmup_runs: expected >= 0")])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         measure_latency(lambda: None, **kwargs)
