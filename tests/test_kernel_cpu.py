@@ -180,8 +180,20 @@ def test_the_bad_input_fixture_is_otherwise_valid(mixer2_layer, ssd_inputs) -> N
     assert torch.isfinite(out).all()
 
 
-def test_dt_limit_default_is_no_clamp() -> None:
-    assert math.isinf(combined.mamba_chunk_scan_combined_varlen.__defaults__[5][1])
+def test_default_dt_limit_does_not_clamp(mixer2_layer, ssd_inputs, ssd_seed) -> None:
+    """No softplus and the default dt_limit: a negative dt' stays negative (vLLM's kernel clamps it to
+    0 regardless; the reference and ours do not)."""
+    import dataclasses
+    import inspect
+
+    print(f"seed={ssd_seed}")
+    assert inspect.signature(mamba_chunk_scan_combined_varlen).parameters["dt_limit"].default == (0.0, math.inf)
+    layer = with_slow_decay(mixer2_layer(**dict(SMALL, dt_softplus=False), device="cpu"), ssd_seed)
+    inputs = ssd_inputs(layer, [37, 1, 20], with_initial_states=True, device="cpu")
+    inputs = dataclasses.replace(inputs, dt=0.05 * inputs.dt)  # dt' = dt + dt_bias around [-0.1, 0.2]
+    dt_prime = inputs.dt + layer.dt_bias
+    assert bool((dt_prime < 0).any()) and bool((dt_prime > 0).any()), f"seed={ssd_seed}"
+    check_against_reference(layer, inputs, seed=ssd_seed)
 
 
 def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, ssd_seed, monkeypatch) -> None:

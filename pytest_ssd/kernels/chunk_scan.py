@@ -96,9 +96,12 @@ def _chunk_scan_kernel(
         cb = tl.load(cb_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         dA_k = tl.load(dA_cumsum_ptr + base_l + k, mask=mask_k, other=0.0)
         dt_k = tl.load(dt_ptr + base_l + k, mask=mask_k, other=0.0)
-        decay = tl.exp(tl.minimum(dA_m[:, None] - dA_k[None, :], 0.0))
+        # Only j <= i counts. Masking the exponent (not clamping it to <= 0) keeps exp finite above the
+        # diagonal and exact below it, where a negative dt' (no softplus, no dt_limit) makes it > 0.
+        causal = k[None, :] <= offs_m[:, None]
+        decay = tl.exp(tl.where(causal, dA_m[:, None] - dA_k[None, :], float("-inf")))
         # Tiles above the diagonal were never written by the bmm stage: select, never multiply.
-        cb = tl.where(k[None, :] <= offs_m[:, None], cb * decay * dt_k[None, :], 0.0)
+        cb = tl.where(causal, cb * decay * dt_k[None, :], 0.0)
         xk = tl.load(x_ptrs + k0 * (H * P), mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         cb_hi = cb.to(x_ptr.dtype.element_ty)
         xk = xk.to(DOT_DTYPE)
