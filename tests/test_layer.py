@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pytest_ssd.chunking import chunk_metadata
 from pytest_ssd.layer import Mixer2Layer, SSDInputs, make_mixer2_layer, make_ssd_inputs
 from pytest_ssd.reference import ssd_reference
 
@@ -168,18 +167,28 @@ def test_inputs_are_reproducible_and_flags_keep_the_rest() -> None:
         assert not torch.equal(getattr(a, name), getattr(c, name)), f"{name} equal for seeds 11 and 12"
 
 
-@pytest.mark.parametrize("seqlens", [[1], [16], [17], [3, 16, 33, 1]])
-def test_inputs_metadata_matches_chunking(seqlens: list) -> None:
-    layer = make_mixer2_layer(chunk_size=16)
+# Written out by hand (chunks cut at each sequence's own multiples of the chunk size), not by the
+# chunking code under test.
+LAYOUTS = [
+    ([1], 16, [0, 1], [0], [0]),
+    ([16], 16, [0, 16], [0], [0]),
+    ([17], 16, [0, 16, 17], [0, 0], [1]),
+    ([3, 16, 33, 1], 16, [0, 3, 19, 35, 51, 52, 53], [0, 1, 2, 2, 2, 3], [0, 1, 4, 5]),
+    ([3, 16, 33, 1], 32, [0, 3, 19, 51, 52, 53], [0, 1, 2, 2, 3], [0, 1, 3, 4]),
+]
+
+
+@pytest.mark.parametrize("seqlens, chunk_size, cu_chunks, seq_idx, last", LAYOUTS)
+def test_inputs_metadata_matches_chunking(seqlens: list, chunk_size: int, cu_chunks, seq_idx, last) -> None:
+    layer = make_mixer2_layer(chunk_size=chunk_size)
     inputs = make_ssd_inputs(layer, seqlens, seed=0)
     want_cu = [0]
     for n in seqlens:
         want_cu.append(want_cu[-1] + n)
     assert inputs.cu_seqlens.tolist() == want_cu and inputs.cu_seqlens.dtype == torch.int32
-    meta = chunk_metadata(inputs.cu_seqlens, 16)
-    for name in ("cu_chunk_seqlens", "seq_idx", "last_chunk_indices"):
+    for name, want in (("cu_chunk_seqlens", cu_chunks), ("seq_idx", seq_idx), ("last_chunk_indices", last)):
         got = getattr(inputs, name)
-        assert got.dtype == torch.int32 and torch.equal(got, getattr(meta, name)), name
+        assert got.dtype == torch.int32 and got.tolist() == want, name
 
 
 def test_inputs_follow_the_requested_device() -> None:
