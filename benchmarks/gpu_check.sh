@@ -7,7 +7,8 @@
 #   recorder.json benchmarks/bench_recorder.py (launch overhead, compile-only prediction)
 #   bench.json   benchmarks/bench_kernel.py (steady state, first request, warmup; fresh processes)
 #   probe.json   benchmarks/probe_first_request.py (where a request's wall time goes, idle vs busy GPU)
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|suite|latency|recorder|kernel|probe ...]
+#   host.json    benchmarks/probe_first_request.py --host (host time per step of a warm call, per launch path)
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|suite|latency|recorder|kernel|probe|host ...]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -28,6 +29,7 @@ for step in $steps; do
     recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
     kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 --repeat 2 2>&1 | tail -12 ;;
     probe)    python3 benchmarks/probe_first_request.py "$OUT/probe.json" --children 3 2>&1 | tail -24 ;;
+    host)     python3 benchmarks/probe_first_request.py --host "$OUT/host.json" 2>&1 | tail -24 ;;
     *) echo "unknown step $step"; false ;;
   esac
   rc=$?; [ $rc -ne 0 ] && { echo "step $step failed: $rc"; status=1; }

@@ -11,6 +11,7 @@ told apart.
 
     python benchmarks/probe_first_request.py [RESULT.json] [--children N]
     python benchmarks/probe_first_request.py --profile [gc]   # cProfile of the first call vs warm ones
+    python benchmarks/probe_first_request.py --host [RESULT.json]  # host cost of each step, and of a launch
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import tempfile
 import time
 
 IDLE_GAPS_S = (0.0, 0.002, 0.01, 0.05, 0.25)
+STEP_LABELS = ("checks", "plans+guard", "workspace", "stream")  # the stamped steps, in call order
 CALLS_PER_GAP = 12
 
 
@@ -46,7 +48,19 @@ def _instrumented(combined, torch):
         log["checked"] = True
         return check(*args, **kwargs)
 
+    def stamped(label, fn):  # host clock when each step before the first launch returns
+        def wrapper(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            if not log["launch_host"]:
+                log["stamps"].append((label, time.perf_counter()))
+            return result
+        return wrapper
+
     combined._launch, combined._check_metadata = timed_launch, timed_check
+    combined._fast_sizes = stamped("checks", combined._fast_sizes)
+    combined._device_guard = stamped("plans+guard", combined._device_guard)
+    combined._Workspace.carve = stamped("workspace", combined._Workspace.carve)
+    combined.current_stream = stamped("stream", combined.current_stream)
     return log
 
 
@@ -78,7 +92,7 @@ def child() -> dict:
             meta = chunk_metadata(cu_seqlens, layer.chunk_size)
             kwargs.update(cu_seqlens=cu_seqlens, cu_chunk_seqlens=meta.cu_chunk_seqlens, seq_idx=meta.seq_idx,
                           last_chunk_indices=meta.last_chunk_indices)
-        log.update(launch_host=[], events=[torch.cuda.Event(enable_timing=True)], checked=False)
+        log.update(launch_host=[], events=[torch.cuda.Event(enable_timing=True)], checked=False, stamps=[])
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         combined.mamba_chunk_scan_combined_varlen(out=outs[i % 4], **kwargs)
@@ -89,7 +103,9 @@ def child() -> dict:
         return {"wall": (t1 - t0) * 1e3, "before_launch": (log["t_first_launch"] - t0) * 1e3,
                 "launches_host": sum(log["launch_host"]) * 1e3, "after_launch_host": (t1 - t_launched) * 1e3,
                 "device_span": ev[0].elapsed_time(ev[-1]), "metadata_read_back": float(log["checked"]),
-                "stages": [ev[j].elapsed_time(ev[j + 1]) for j in range(len(ev) - 1)]}
+                "stages": [ev[j].elapsed_time(ev[j + 1]) for j in range(len(ev) - 1)],
+                # host ms from the call's start to the end of each step before the first launch
+                "pre_launch_steps": [(t - t0) * 1e3 for _, t in log["stamps"]]}
 
     def matmul_call() -> dict:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -160,6 +176,84 @@ def profile_child() -> None:
             print(f"  {own * 1e6:8.1f} us own {cum * 1e6:8.1f} us cum {calls:3d}x {os.path.basename(path)}:{line} {name}")
 
 
+def host_pieces() -> dict:
+    """Microseconds of host time per step of a warm call, on this machine's CPU (timeit, best of
+    5), and per warm launch of one stage three ways: Triton's JIT dispatch, the CompiledKernel's
+    runner, and pytest-ssd's kept-binary launch (stream looked up once per call, no hooks)."""
+    import math
+    import timeit
+
+    import torch
+
+    from pytest_ssd import chunking, triton_compat
+    from pytest_ssd.kernels import combined
+    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    layer = make_mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
+                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
+    warmup_ssd_kernels(layer, max_num_tokens=8192)
+    inputs = make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=0)
+    kw = inputs.kernel_kwargs(layer)
+    x, B, C, dt = kw["x"], kw["B"], kw["C"], kw["dt"]
+    meta = tuple(kw[k] for k in chunking.METADATA_NAMES)
+    out, device = torch.empty_like(x), x.device
+    tensors = (x, dt, layer.A, B, C, out, layer.D, None, layer.dt_bias, None)
+    key = (80, 1, 64, 128, 256, torch.bfloat16, None, True, False, False, True, True, False, False)
+    plans = combined._PLANS[key]  # the warmup planned it: this is the flat key a request builds
+    T, nchunks = x.shape[0], meta[2].shape[0]
+
+    def guard():
+        with torch.cuda.device(device):
+            pass
+
+    steps = {
+        "argument checks (_fast_sizes)": lambda: combined._fast_sizes(*tensors, meta, 256, (0.0, math.inf), None),
+        "launch plans (key + cache)": lambda: combined._PLANS.get(
+            (80, 1, 64, 128, 256, x.dtype, None, layer.D is not None, layer.D.dim() == 2, False, True, True,
+             False, False)),
+        "device guard": guard,
+        "metadata known good": lambda: chunking.CHECKED_METADATA.seen(meta, 256, T),
+        "metadata as int32 (x3)": lambda: [combined._normalized_int32(t) for t in meta[1:]],
+        "workspace (1 alloc, 4 views)": lambda: plans.workspace.carve(nchunks, device),
+        "stream lookup": lambda: triton_compat.current_stream(device.index),
+    }
+    result = {"steps_us": {}, "launch_us": {}}
+    for name, fn in steps.items():
+        result["steps_us"][name] = round(min(timeit.repeat(fn, number=2000, repeat=5)) / 2000 * 1e6, 2)
+    # One warm bmm launch on a one-chunk batch (a few microseconds of GPU work: the host is the
+    # bottleneck, so the launch queue never fills and back-pressure is not timed).
+    small = make_ssd_inputs(layer, [200], seed=1).kernel_kwargs(layer)
+    cu_chunks, CB = small["cu_chunk_seqlens"], torch.empty((1, 1, 256, 256), device=device)
+    stage = plans.bmm
+    grid, args = (stage.tiles, 1, 1), (small["C"], small["B"], cu_chunks, CB)
+    launcher = triton_compat.DirectLauncher()
+    launcher.launch(stage.kernel, grid, args, stage.constexprs, key="probe")
+    kept = launcher._compiled["probe"]
+    stream = triton_compat.current_stream(device.index)
+    ways = {
+        "Triton JIT dispatch": lambda: stage.kernel[grid](*args, **stage.constexprs),
+        "CompiledKernel runner": lambda: kept.compiled[grid](*args, *kept.tail),
+        "kept binary, stream given": lambda: launcher.launch(stage.kernel, grid, args, stage.constexprs, "probe",
+                                                             stream),
+    }
+    for name, fn in ways.items():
+        torch.cuda.synchronize()
+        result["launch_us"][name] = round(min(timeit.repeat(fn, number=500, repeat=5)) / 500 * 1e6, 2)
+    torch.cuda.synchronize()
+    # A whole warm call's host time with the GPU busy (no sync inside: the host never waits).
+    host = []
+    for i in range(40):
+        if i % 8 == 0:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        combined.mamba_chunk_scan_combined_varlen(out=out, **kw)
+        host.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    result["whole_call_host_us_median"] = round(statistics.median(host), 2)
+    return result
+
+
 def _medians(rows: list) -> dict:
     out = {}
     for key, value in rows[0].items():
@@ -192,13 +286,15 @@ def main(argv: list) -> int:
               f"before 1st launch {first['before_launch']:.3f}, launches {first['launches_host']:.3f}, "
               f"device span {first['device_span']:.3f}, stages {first['stages']}; "
               f"first matmul wall {run['first_matmul']['wall']:.3f} / device {run['first_matmul']['device_span']:.3f}")
+        print("steps before the first launch (ms from the call's start, each step's end): "
+              + ", ".join(f"{label} {t:.3f}" for label, t in zip(STEP_LABELS, first["pre_launch_steps"])))
         print(f"{'idle s':>7} | {'kern wall':>9} {'pre-launch':>10} {'launches':>8} {'dev span':>8} | "
               f"{'foreign':>7} | {'mm wall':>8} {'mm dev':>7} | stages")
         for gap, row in run["gaps"].items():
             k, f, m = row["kernel"], row["foreign_metadata"], row["matmul"]
             print(f"{gap:>7} | {k['wall']:9.3f} {k['before_launch']:10.3f} {k['launches_host']:8.3f} "
                   f"{k['device_span']:8.3f} | {f['wall']:7.3f} | {m['wall']:8.3f} {m['device_span']:7.3f} | "
-                  f"{k['stages']}")
+                  f"{k['stages']} steps {k['pre_launch_steps']}")
     if path:
         with open(path, "w") as f:
             json.dump(runs, f, indent=1)
@@ -210,5 +306,11 @@ if __name__ == "__main__":
         print(json.dumps(child()))
     elif sys.argv[1:2] == ["--profile"]:
         profile_child()
+    elif sys.argv[1:2] == ["--host"]:
+        pieces = host_pieces()
+        print(json.dumps(pieces, indent=1))
+        if sys.argv[2:3]:
+            with open(sys.argv[2], "w") as f:
+                json.dump(pieces, f, indent=1)
     else:
         sys.exit(main(sys.argv[1:]))

@@ -93,6 +93,11 @@ def kernel_pair(
 # every launch goes through the JIT.
 DIRECT_LAUNCH = version_at_least(3, 4)
 
+try:  # 3.4+: where the launch hooks live
+    from triton import knobs as _KNOBS
+except ImportError:
+    _KNOBS = None
+
 
 _JIT_ONLY = [0]  # > 0 inside jit_dispatch(): no launch skips Triton's JIT
 
@@ -117,38 +122,83 @@ class DirectLauncher:
 
     The first launch for a key goes through ``JITFunction.run`` (binding, specialization, cache
     lookup, compile on a miss, Triton's hooks); the ``CompiledKernel`` it returns is kept, and
-    later launches with that key call it directly: no argument binding or cache-key string per
-    launch, which is most of a warm launch's host time. The caller's key must fix everything
-    Triton specializes on (the constexprs, the dtype or None-ness of each pointer, pointer
-    alignment, integer arguments' ==1 / %16 classes), so the kept binary is the one the JIT
-    would pick; a request that needs a new binary brings a new key and goes through the JIT,
+    later launches with that key call its launcher directly: no argument binding or cache-key
+    string per launch, which is most of a warm launch's host time. The caller's key must fix
+    everything Triton specializes on (the constexprs, the dtype or None-ness of each pointer,
+    pointer alignment, integer arguments' ==1 / %16 classes), so the kept binary is the one the
+    JIT would pick; a request that needs a new binary brings a new key and goes through the JIT,
     where the event recorder sees it.
     """
 
     def __init__(self) -> None:
         self._compiled: dict = {}
 
-    def launch(self, jit: Any, grid: tuple, args: tuple, constexprs: dict, key: Any = None) -> None:
+    def launch(self, jit: Any, grid: tuple, args: tuple, constexprs: dict, key: Any = None,
+               stream: Any = None) -> None:
         """``jit[grid](*args, **constexprs)``; with a ``key``, later launches skip the JIT.
 
         ``args`` are the leading parameters, in order; ``constexprs`` the rest by name, plus
-        launch options (``num_warps``, ``num_stages``).
+        launch options (``num_warps``, ``num_stages``). ``grid`` has three entries. ``stream``
+        (the raw CUDA stream, :func:`current_stream`), fetched once by a caller that launches
+        several kernels, saves each kept launch that lookup.
         """
         kept = self._compiled.get(key) if key is not None and not _JIT_ONLY[0] else None
         if kept is not None:
-            compiled, tail = kept
-            compiled[grid](*args, *tail)
+            kept.launch(grid, args, stream)
             return
         compiled = jit[grid](*args, **constexprs)
         if key is None or not DIRECT_LAUNCH or not _plain_jit(jit) or not hasattr(compiled, "function"):
             return
         names = getattr(jit, "arg_names", ())[len(args):]
         if all(name in constexprs for name in names):
-            self._compiled[key] = (compiled, tuple(constexprs[name] for name in names))
+            self._compiled[key] = _KeptBinary(compiled, tuple(constexprs[name] for name in names))
 
     def clear(self) -> None:
         """Forget every kept binary: the next launch per key goes through the JIT again."""
         self._compiled.clear()
+
+
+class _KeptBinary:
+    """A ``CompiledKernel`` and the trailing (constexpr) parameters it is launched with."""
+
+    __slots__ = ("compiled", "tail")
+
+    def __init__(self, compiled: Any, tail: tuple) -> None:
+        self.compiled, self.tail = compiled, tail
+
+    def launch(self, grid: tuple, args: tuple, stream: Any) -> None:
+        compiled = self.compiled
+        if stream is None or _launch_hooks_set():
+            # CompiledKernel's own runner: it looks the stream up and builds the launch
+            # metadata that launch hooks (profilers) are called with.
+            compiled[grid](*args, *self.tail)
+            return
+        # What that runner does when no launch hook is set, minus its per-launch closure,
+        # stream lookup and metadata (3.4-3.9 alike); on 3.6+ the empty hook chains are not
+        # called either.
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
+                     None, None, None, *args, *self.tail)
+
+
+def _launch_hooks_set() -> bool:
+    """Whether Triton has a launch enter/exit hook to call (3.4-3.5: a callable or None; 3.6+:
+    a ``HookChain``, set when it holds a callable)."""
+    runtime = _KNOBS.runtime
+    return _hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)
+
+
+def _hook_set(hook: Any) -> bool:
+    if hook is None:
+        return False
+    calls = getattr(hook, "calls", None)
+    return not isinstance(calls, list) or bool(calls)
+
+
+def current_stream(device_index: int) -> Any:
+    """The raw CUDA stream Triton would launch on for ``device_index`` (its own lookup)."""
+    from triton.runtime.driver import driver
+
+    return driver.active.get_current_stream(device_index)
 
 
 def _plain_jit(fn: Any) -> bool:

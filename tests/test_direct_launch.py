@@ -6,15 +6,21 @@ from pytest_ssd.triton_compat import DirectLauncher
 
 
 class FakeCompiled:
-    """Stands in for Triton's CompiledKernel: records what its launcher got."""
+    """Stands in for Triton's CompiledKernel: records what its runner (``[grid]``) and its
+    launcher (``run``, the path with a stream and no launch hooks) got."""
 
     function = "cufunction"
+    packed_metadata = "packed"
 
     def __init__(self):
         self.launches = []
+        self.runs = []
 
     def __getitem__(self, grid):
         return lambda *args: self.launches.append((grid, args))
+
+    def run(self, *args):
+        self.runs.append(args)
 
 
 class FakeJIT:
@@ -111,3 +117,39 @@ def test_only_bare_jit_functions_are_kept():
     assert triton_compat._plain_jit(CHUNK_SCAN.compiled)
     tuned = triton_compat.autotune(CHUNK_SCAN.compiled, [triton.Config({})], [])
     assert isinstance(tuned, Autotuner) and not triton_compat._plain_jit(tuned)
+
+
+def test_with_a_stream_kept_binaries_go_to_the_launcher_with_no_hooks(direct):
+    """Triton's runner convention (3.4-3.9): grid, stream, function, packed metadata, launch
+    metadata, enter hook, exit hook, then every parameter."""
+    jit = FakeJIT()
+    direct.launch(jit, (4, 2, 1), ("pa", 1.5), dict(M=7, K=3, num_warps=4), key="k", stream=99)
+    direct.launch(jit, (8, 3, 2), ("pa2", 2.5), dict(M=7, K=3, num_warps=4), key="k", stream=99)
+    assert len(jit.dispatches) == 1 and jit.compiled.launches == []
+    assert jit.compiled.runs == [(8, 3, 2, 99, "cufunction", "packed", None, None, None, "pa2", 2.5, 3, 7)]
+
+
+@pytest.mark.skipif(not triton_compat.DIRECT_LAUNCH, reason="launch hooks live in triton.knobs from Triton 3.4")
+@pytest.mark.parametrize("which", ["launch_enter_hook", "launch_exit_hook"])
+def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, monkeypatch, which):
+    """A profiler's launch hook must see every launch, with the metadata Triton builds for it."""
+    from triton import knobs
+
+    jit = FakeJIT()
+    direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=5)
+    hook = getattr(knobs.runtime, which)
+    if hasattr(hook, "add"):  # 3.6+: a HookChain
+        hook.add(print)
+        undo = lambda: hook.remove(print)
+    else:
+        monkeypatch.setattr(knobs.runtime, which, print)
+        undo = lambda: None
+    try:
+        assert triton_compat._launch_hooks_set()
+        direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=5)
+    finally:
+        undo()
+    assert jit.compiled.runs == [] and jit.compiled.launches == [((1, 1, 1), ("p", 0.0, 1, 2))]
+    assert not triton_compat._launch_hooks_set()
+    direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=5)
+    assert len(jit.compiled.runs) == 1

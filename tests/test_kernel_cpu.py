@@ -205,9 +205,9 @@ def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, s
     seen = []
     real = combined._launch
 
-    def spy(stage, grid, args, device_index):
+    def spy(stage, grid, args, device_index, stream):
         seen.append(dict(stage.constexprs))
-        real(stage, grid, args, device_index)
+        real(stage, grid, args, device_index, stream)
 
     def scan_blocks():  # checks the numbers too: a block larger than the chunk must still be right
         seen.clear()
@@ -219,3 +219,23 @@ def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, s
     with configs.overridden("chunk_scan", configs.LaunchConfig({"BLOCK_M": 32}, num_warps=2, num_stages=1)):
         assert scan_blocks() == 32 != default
     assert scan_blocks() == default
+
+
+@pytest.mark.parametrize("nchunks", [1, 3, 27])
+def test_workspace_buffers_are_aligned_contiguous_and_disjoint(nchunks) -> None:
+    """The intermediates are views of one allocation: each must look like a fresh contiguous
+    tensor (the kernels take no strides for them), 256 bytes apart from the allocation's start,
+    with no two overlapping.
+    Odd per-chunk sizes (3 heads x 16) exercise the padding."""
+    layout = combined._Workspace.of((3, 16), (3, 16), (1, 16, 16), (3, 5, 7))
+    views = layout.carve(nchunks, torch.device("cpu"))
+    base = views[0].untyped_storage().data_ptr()  # the CUDA allocator aligns it to 512 bytes, the CPU one to 64
+    assert base % 64 == 0
+    spans = []
+    for shape, view in zip(layout.shapes, views):
+        assert view.shape == (nchunks, *shape) and view.is_contiguous() and view.dtype == torch.float32
+        assert view.untyped_storage().data_ptr() == base and (view.data_ptr() - base) % 256 == 0
+        spans.append((view.data_ptr(), view.data_ptr() + view.numel() * 4))
+    spans.sort()
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
+    assert spans[-1][1] <= base + views[0].untyped_storage().nbytes()

@@ -96,10 +96,13 @@ def test_alternative_launch_configs(stage, config, dtype, ssd_seed, mixer2_layer
 
 
 def test_direct_launches_match_the_jit_path(ssd_seed, mixer2_layer, ssd_inputs) -> None:
-    """Warm calls launch the kept binaries directly (Triton 3.4+): same numbers as the JIT path, on
-    a new request shape (new grid) too, and the four stages go through the JIT only once."""
+    """Warm calls launch the kept binaries directly (Triton 3.4+), through their launcher with no
+    launch hooks set: same numbers as the JIT path, on a new request shape (new grid) too, and
+    the four stages go through the JIT only once."""
     from pytest_ssd.kernels import combined
-    from pytest_ssd.triton_compat import DIRECT_LAUNCH
+    from pytest_ssd.triton_compat import DIRECT_LAUNCH, _launch_hooks_set
+
+    assert not DIRECT_LAUNCH or not _launch_hooks_set(), "a launch hook is set: kept launches take the runner path"
 
     print(f"seed={ssd_seed}")
     layer, first = make_case(CASES[7], torch.bfloat16, ssd_seed, mixer2_layer, ssd_inputs)

@@ -16,14 +16,13 @@ model/state dtypes and the flags ``HAS_INITSTATES``, ``HAS_D``, ``D_HAS_HDIM``, 
 Host time per call (a request's latency, when the GPU waits for it): the argument checks take
 one cheap pass (:func:`_fast_sizes`; the full checks with their messages run only when it
 balks); the four launches' constexprs and grids are planned once per layer and flags
-(:func:`_stage_plans`); on a GPU, after Triton's JIT has picked a stage's binary once, later
+(:func:`_stage_plans`, kept per flat key in ``_PLANS``); on a GPU, after Triton's JIT has picked a stage's binary once, later
 launches go to that binary directly (:class:`pytest_ssd.triton_compat.DirectLauncher`); and
 metadata built by :func:`pytest_ssd.chunking.chunk_metadata` is not read back.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence
@@ -34,7 +33,7 @@ import triton
 from .. import chunking
 from ..chunking import METADATA_NAMES
 from ..compile_only import compile_only_active
-from ..triton_compat import DirectLauncher
+from ..triton_compat import DirectLauncher, current_stream
 from ..validation import (MODEL_DTYPES, STATE_DTYPES, check_contiguous, check_cu_seqlens, check_divides,
                           check_dt_limit, check_dtype, check_power_of_two, check_same_device, check_shape,
                           contiguous_strides, optional_shape)
@@ -103,33 +102,32 @@ def mamba_chunk_scan_combined_varlen(
 
     real = not compile_only_active()  # compile-only launches are fake: compiled kernels, nothing kept
     interpret, direct = real and device.type == "cpu", real and device.type == "cuda"
-    chunk_state, bmm, state_passing, chunk_scan = _stage_plans(_PlanKey(
-        dims=LayerDims(H, G, P, N, chunk_size, x.dtype),
-        init_dtype=None if initial_states is None else initial_states.dtype, has_D=D is not None,
-        D_has_hdim=D is not None and D.dim() == 2, has_z=z is not None, has_dt_bias=dt_bias is not None,
-        dt_softplus=bool(dt_softplus), has_dt_limit=(lo, hi) != (0.0, math.inf), interpret=interpret))
-    device_index = device.index if direct else None
+    key = (H, G, P, N, chunk_size, x.dtype, None if initial_states is None else initial_states.dtype,
+           D is not None, D is not None and D.dim() == 2, z is not None, dt_bias is not None, bool(dt_softplus),
+           (lo, hi) != (0.0, math.inf), interpret)  # a flat tuple: built and hashed on every call
+    plans = _PLANS.get(key) or _plans_for(key)
     with _device_guard(device):
         # Until the first launch the GPU waits for the host: only what the first stage needs
         # comes before it (and the metadata check, whose device-to-host copy comes last).
         checked = chunking.CHECKED_METADATA.seen(metadata, chunk_size, T)
         cu_chunks, seq_idx32, last32 = (_normalized_int32(t) for t in metadata[1:])
         packed = None if checked else torch.cat([_normalized_int32(cu_seqlens), cu_chunks, seq_idx32, last32])
-        dt_out, dA_cumsum, CB, chunk_states = _workspace(
-            device, (nchunks, H, chunk_size), (nchunks, H, chunk_size), (nchunks, G, chunk_size, chunk_size),
-            (nchunks, H, P, N))
+        dt_out, dA_cumsum, CB, chunk_states = plans.workspace.carve(nchunks, device)
         if not checked:
             _check_metadata(packed.cpu(), S, nchunks, chunk_size, T)
             chunking.CHECKED_METADATA.remember(metadata, chunk_size, T)
+        device_index = device.index if direct else None
+        stream = current_stream(device_index) if direct else None
+        chunk_state, bmm, state_passing, chunk_scan = plans[:4]
         _launch(chunk_state, (chunk_state.tiles, nchunks, H),
-                (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index)
-        _launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index)
+                (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
+        _launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index, stream)
         final_states = torch.empty((S, H, P, N), dtype=torch.float32, device=device)
         _launch(state_passing, (state_passing.tiles, H, S),
-                (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index)
+                (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index, stream)
         _launch(chunk_scan, (chunk_scan.tiles, nchunks, H),
                 (x, z, out, C, CB, dt_out, dA_cumsum, chunk_states, initial_states, D, cu_chunks, seq_idx32),
-                device_index)
+                device_index, stream)
     if state_dtype is None:
         state_dtype = initial_states.dtype if initial_states is not None else x.dtype
     result = chunk_states if return_intermediate_states else final_states
@@ -212,7 +210,8 @@ def _fast_sizes(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, ch
         _, G, N = B.shape
         cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices = metadata
         S, nchunks = cu_seqlens.shape[0] - 1, seq_idx.shape[0]
-        lo, hi = (float(v) for v in dt_limit)
+        lo, hi = dt_limit
+        lo, hi = float(lo), float(hi)
     except (AttributeError, TypeError, ValueError, IndexError):
         return None
     dtype, device = x.dtype, x.device
@@ -261,9 +260,59 @@ class _PlanKey(NamedTuple):
     interpret: bool
 
 
-@functools.lru_cache(maxsize=None)
-def _stage_plans(key: _PlanKey) -> tuple:
-    """The four stages' plans, in launch order: built once per key.
+class _Workspace(NamedTuple):
+    """Where the float32 intermediates of a call of ``nchunks`` chunks lie in one allocation.
+
+    Every buffer has the chunk dimension first, so its strides and its start per chunk are
+    layer constants, computed once; a call only multiplies by ``nchunks``.
+    """
+
+    shapes: tuple  # per buffer: the shape after the chunk dimension
+    strides: tuple  # per buffer: contiguous strides, chunk dimension included
+    starts: tuple  # per buffer: offset in elements per chunk (multiples of 64: 256-byte aligned)
+    per_chunk: int  # elements per chunk, all buffers
+
+    @classmethod
+    def of(cls, *shapes: tuple) -> "_Workspace":
+        strides, starts, start = [], [], 0
+        for shape in shapes:
+            strides.append(contiguous_strides((1, *shape)))
+            starts.append(start)
+            start += -(-math.prod(shape) // 64) * 64
+        return cls(shapes, tuple(strides), tuple(starts), start)
+
+    def carve(self, nchunks: int, device: torch.device) -> list:
+        """The buffers for ``nchunks`` chunks: one allocator call, one view each.
+
+        One allocation instead of four: less host time per call, and a request larger than
+        any before it pays for one new device allocation, not four.
+        """
+        flat = torch.empty(nchunks * self.per_chunk, dtype=torch.float32, device=device)
+        return [flat.as_strided((nchunks, *shape), strides, nchunks * start)
+                for shape, strides, start in zip(self.shapes, self.strides, self.starts)]
+
+
+class _Plans(NamedTuple):
+    """The four stages' plans, in launch order, and the workspace layout."""
+
+    chunk_state: _StagePlan
+    bmm: _StagePlan
+    state_passing: _StagePlan
+    chunk_scan: _StagePlan
+    workspace: _Workspace
+
+
+_PLANS: dict = {}  # flat key (LayerDims' fields, then _PlanKey's after dims) -> _Plans
+
+
+def _plans_for(key: tuple) -> _Plans:
+    """Build and keep the plans for a flat call key (see the entry point)."""
+    plans = _PLANS[key] = _stage_plans(_PlanKey(LayerDims(*key[:6]), *key[6:]))
+    return plans
+
+
+def _stage_plans(key: _PlanKey) -> _Plans:
+    """The four stages' plans, in launch order, and the workspace: built once per key.
 
     Chunk state (with the dt cumsum) goes first: it is long enough on the GPU to hide the host
     time of the launches behind it. The key, with the call's device, fixes the binary Triton
@@ -285,7 +334,7 @@ def _stage_plans(key: _PlanKey) -> tuple:
         c = cfg[name]
         return _StagePlan(kernel.pick(interpret), dict(constexprs, **c.launch_kwargs(interpret)), tiles(c.blocks))
 
-    return (
+    return _Plans(
         stage("chunk_state", CHUNK_STATE, lambda b: triton.cdiv(P, b["BLOCK_M"]) * triton.cdiv(N, b["BLOCK_N"]),
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
               HAS_DT_LIMIT=has_dt_limit, **common),
@@ -296,32 +345,19 @@ def _stage_plans(key: _PlanKey) -> tuple:
         stage("chunk_scan", CHUNK_SCAN, lambda b: triton.cdiv(L, b["BLOCK_M"]) * triton.cdiv(P, b["BLOCK_N"]),
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_INITSTATES=has_init, HAS_D=has_D, D_HAS_HDIM=D_has_hdim,
               HAS_Z=has_z, **common),
+        # dt', dA cumsum, C.B^T, chunk states
+        _Workspace.of((H, L), (H, L), (G, L, L), (H, P, N)),
     )
 
 
 _LAUNCHER = DirectLauncher()
 
 
-def _launch(stage: _StagePlan, grid: tuple, args: tuple, device_index: Optional[int]) -> None:
-    """Launch one stage; on a real GPU (``device_index`` given) warm launches skip Triton's dispatch."""
+def _launch(stage: _StagePlan, grid: tuple, args: tuple, device_index: Optional[int], stream: Any) -> None:
+    """Launch one stage; on a real GPU (``device_index`` given) warm launches skip Triton's
+    dispatch and go to the binary it picked, on ``stream`` (looked up once per call)."""
     key = None if device_index is None else (stage, device_index)
-    _LAUNCHER.launch(stage.kernel, grid, args, stage.constexprs, key)
-
-
-def _workspace(device: torch.device, *shapes: tuple) -> list:
-    """float32 buffers of ``shapes`` carved from one allocation, each 256-byte aligned.
-
-    One allocator call instead of four: less host time per call, and a request larger than any
-    before it pays for one new device allocation, not four.
-    """
-    sizes = [math.prod(shape) for shape in shapes]
-    padded = [-(-n // 64) * 64 for n in sizes]
-    flat = torch.empty(sum(padded), dtype=torch.float32, device=device)
-    views, offset = [], 0
-    for shape, p in zip(shapes, padded):
-        views.append(flat.as_strided(shape, contiguous_strides(shape), offset))  # one op, not slice + view
-        offset += p
-    return views
+    _LAUNCHER.launch(stage.kernel, grid, args, stage.constexprs, key, stream)
 
 
 def _dot_dtype(dtype: torch.dtype, interpret: bool):
@@ -362,10 +398,16 @@ def _check_metadata(host: torch.Tensor, nseqs: int, nchunks: int, chunk_size: in
 
 
 def _device_guard(device: torch.device):
-    """``torch.cuda.device(device)`` for CUDA tensors (Triton launches on the current device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    """``torch.cuda.device(device)`` for CUDA tensors off the current device (Triton launches on
+    the current device); nothing otherwise: entering one costs a request microseconds of host time."""
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return _NO_GUARD
+    return torch.cuda.device(device)
+
+
+_NO_GUARD = contextlib.nullcontext()
 
 
 # A config override (the tuning sweep) changes what the plans hold: plans and kept binaries go.
-configs.on_change(_stage_plans.cache_clear)
+configs.on_change(_PLANS.clear)
 configs.on_change(_LAUNCHER.clear)
