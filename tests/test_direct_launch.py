@@ -131,7 +131,7 @@ def test_with_a_stream_kept_binaries_go_to_the_launcher_with_no_hooks(direct):
 
 @pytest.mark.skipif(not triton_compat.DIRECT_LAUNCH, reason="launch hooks live in triton.knobs from Triton 3.4")
 @pytest.mark.parametrize("which", ["launch_enter_hook", "launch_exit_hook"])
-def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, monkeypatch, which):
+def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, which):
     """A profiler's launch hook must see every launch, with the metadata Triton builds for it."""
     from triton import knobs
 
@@ -142,8 +142,8 @@ def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, monkey
         hook.add(print)
         undo = lambda: hook.remove(print)
     else:
-        monkeypatch.setattr(knobs.runtime, which, print)
-        undo = lambda: None
+        setattr(knobs.runtime, which, print)  # 3.4-3.5: a plain attribute, None when unset
+        undo = lambda: setattr(knobs.runtime, which, hook)
     try:
         assert triton_compat._launch_hooks_set()
         direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=5)
