@@ -33,7 +33,7 @@ import triton
 from .. import chunking
 from ..chunking import METADATA_NAMES
 from ..compile_only import compile_only_active
-from ..triton_compat import DirectLauncher, current_stream
+from ..triton_compat import DIRECT_LAUNCH, DirectLauncher, current_stream
 from ..validation import (MODEL_DTYPES, STATE_DTYPES, check_contiguous, check_cu_seqlens, check_divides,
                           check_dt_limit, check_dtype, check_power_of_two, check_same_device, check_shape,
                           contiguous_strides, optional_shape)
@@ -117,7 +117,7 @@ def mamba_chunk_scan_combined_varlen(
             _check_metadata(packed.cpu(), S, nchunks, chunk_size, T)
             chunking.CHECKED_METADATA.remember(metadata, chunk_size, T)
         device_index = device.index if direct else None
-        stream = current_stream(device_index) if direct else None
+        stream = current_stream(device_index) if direct and DIRECT_LAUNCH else None  # only kept launches take it
         chunk_state, bmm, state_passing, chunk_scan = plans[:4]
         _launch(chunk_state, (chunk_state.tiles, nchunks, H),
                 (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
