@@ -60,7 +60,7 @@ def _instrumented(combined, torch):
     combined._fast_sizes = stamped("checks", combined._fast_sizes)
     combined._device_guard = stamped("plans+guard", combined._device_guard)
     combined._Workspace.carve = stamped("workspace", combined._Workspace.carve)
-    combined.current_stream = stamped("stream", combined.current_stream)
+    combined._LAUNCHER.stream = stamped("stream", combined._LAUNCHER.stream)
     return log
 
 
@@ -216,7 +216,7 @@ def host_pieces() -> dict:
         "metadata known good": lambda: chunking.CHECKED_METADATA.seen(meta, 256, T),
         "metadata as int32 (x3)": lambda: [combined._normalized_int32(t) for t in meta[1:]],
         "workspace (1 alloc, 4 views)": lambda: plans.workspace.carve(nchunks, device),
-        "stream lookup": lambda: triton_compat.current_stream(device.index),
+        "stream lookup (with the launch-hook check)": lambda: combined._LAUNCHER.stream(device.index),
     }
     result = {"steps_us": {}, "launch_us": {}}
     for name, fn in steps.items():
@@ -230,7 +230,7 @@ def host_pieces() -> dict:
     launcher = triton_compat.DirectLauncher()
     launcher.launch(stage.kernel, grid, args, stage.constexprs, key="probe")
     kept = launcher._compiled["probe"]
-    stream = triton_compat.current_stream(device.index)
+    stream = launcher.stream(device.index)
     ways = {
         "Triton JIT dispatch": lambda: stage.kernel[grid](*args, **stage.constexprs),
         "CompiledKernel runner": lambda: kept.compiled[grid](*args, *kept.tail),

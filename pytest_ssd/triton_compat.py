@@ -59,14 +59,11 @@ class KernelPair:
 def kernel_pair(
     fn: Callable,
     *,
-    do_not_specialize: Sequence[str] = (),
     autotune_configs: Sequence[Any] | None = None,
     autotune_key: Sequence[str] = (),
 ) -> KernelPair:
     """Build a :class:`KernelPair` from a plain Python kernel function.
 
-    ``do_not_specialize`` names integer arguments Triton must not specialize on (==1, %16):
-    a runtime length there would otherwise compile a new binary per divisibility class.
     ``autotune_configs``/``autotune_key`` wrap both kernels in an autotuner (:func:`autotune`);
     the interpreted kernel benchmarks on CPU (Triton 3.3+: 3.2's interpreter rejects the launch
     options a ``triton.Config`` passes).
@@ -74,9 +71,8 @@ def kernel_pair(
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    dns = list(do_not_specialize)
-    compiled = JITFunction(fn, do_not_specialize=dns)
-    interpreted = InterpretedFunction(fn, do_not_specialize=dns)
+    compiled = JITFunction(fn)
+    interpreted = InterpretedFunction(fn)
     if autotune_configs:
         compiled = autotune(compiled, autotune_configs, autotune_key)
         interpreted = autotune(interpreted, autotune_configs, autotune_key, do_bench=_cpu_do_bench)
@@ -133,14 +129,23 @@ class DirectLauncher:
     def __init__(self) -> None:
         self._compiled: dict = {}
 
+    def stream(self, device_index: int) -> Any:
+        """What a caller passes as ``stream`` to its launches on ``device_index``, looked up once
+        for all of them: the raw CUDA stream, or None where kept binaries must go through
+        Triton's runner (before Triton 3.4, or while a launch hook is set: a profiler's hook
+        sees every launch with the metadata Triton builds for it)."""
+        if not DIRECT_LAUNCH or _launch_hooks_set():
+            return None
+        return current_stream(device_index)
+
     def launch(self, jit: Any, grid: tuple, args: tuple, constexprs: dict, key: Any = None,
                stream: Any = None) -> None:
         """``jit[grid](*args, **constexprs)``; with a ``key``, later launches skip the JIT.
 
         ``args`` are the leading parameters, in order; ``constexprs`` the rest by name, plus
-        launch options (``num_warps``, ``num_stages``). ``grid`` has three entries. ``stream``
-        (the raw CUDA stream, :func:`current_stream`), fetched once by a caller that launches
-        several kernels, saves each kept launch that lookup.
+        launch options (``num_warps``, ``num_stages``). ``grid`` has three entries. With a
+        ``stream`` (:meth:`stream`), kept binaries go straight to their launcher; without one,
+        through ``CompiledKernel[grid]``.
         """
         kept = self._compiled.get(key) if key is not None and not _JIT_ONLY[0] else None
         if kept is not None:
@@ -168,9 +173,7 @@ class _KeptBinary:
 
     def launch(self, grid: tuple, args: tuple, stream: Any) -> None:
         compiled = self.compiled
-        if stream is None or _launch_hooks_set():
-            # CompiledKernel's own runner: it looks the stream up and builds the launch
-            # metadata that launch hooks (profilers) are called with.
+        if stream is None:  # CompiledKernel's own runner: stream lookup, launch metadata, hooks
             compiled[grid](*args, *self.tail)
             return
         # What that runner does when no launch hook is set, minus its per-launch closure,

@@ -131,12 +131,14 @@ def test_with_a_stream_kept_binaries_go_to_the_launcher_with_no_hooks(direct):
 
 @pytest.mark.skipif(not triton_compat.DIRECT_LAUNCH, reason="launch hooks live in triton.knobs from Triton 3.4")
 @pytest.mark.parametrize("which", ["launch_enter_hook", "launch_exit_hook"])
-def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, which):
-    """A profiler's launch hook must see every launch, with the metadata Triton builds for it."""
+def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, which, monkeypatch):
+    """A profiler's launch hook must see every launch, with the metadata Triton builds for it:
+    while one is set the launcher hands out no stream, so kept launches take Triton's runner."""
     from triton import knobs
 
+    monkeypatch.setattr(triton_compat, "current_stream", lambda device_index: 5)  # no CUDA driver here
     jit = FakeJIT()
-    direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=5)
+    direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=direct.stream(0))
     hook = getattr(knobs.runtime, which)
     if hasattr(hook, "add"):  # 3.6+: a HookChain
         hook.add(print)
@@ -145,11 +147,16 @@ def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, which)
         setattr(knobs.runtime, which, print)  # 3.4-3.5: a plain attribute, None when unset
         undo = lambda: setattr(knobs.runtime, which, hook)
     try:
-        assert triton_compat._launch_hooks_set()
-        direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=5)
+        assert direct.stream(0) is None
+        direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=direct.stream(0))
     finally:
         undo()
     assert jit.compiled.runs == [] and jit.compiled.launches == [((1, 1, 1), ("p", 0.0, 1, 2))]
-    assert not triton_compat._launch_hooks_set()
-    direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=5)
-    assert len(jit.compiled.runs) == 1
+    assert direct.stream(0) == 5
+    direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=direct.stream(0))
+    assert len(jit.compiled.runs) == 1 and jit.compiled.runs[0][3] == 5
+
+
+def test_older_triton_hands_out_no_stream(monkeypatch):
+    monkeypatch.setattr(triton_compat, "DIRECT_LAUNCH", False)
+    assert DirectLauncher().stream(0) is None

@@ -33,7 +33,7 @@ import triton
 from .. import chunking
 from ..chunking import METADATA_NAMES
 from ..compile_only import compile_only_active
-from ..triton_compat import DIRECT_LAUNCH, DirectLauncher, current_stream
+from ..triton_compat import DirectLauncher
 from ..validation import (MODEL_DTYPES, STATE_DTYPES, check_contiguous, check_cu_seqlens, check_divides,
                           check_dt_limit, check_dtype, check_power_of_two, check_same_device, check_shape,
                           contiguous_strides, optional_shape)
@@ -104,7 +104,7 @@ def mamba_chunk_scan_combined_varlen(
     interpret, direct = real and device.type == "cpu", real and device.type == "cuda"
     key = (H, G, P, N, chunk_size, x.dtype, None if initial_states is None else initial_states.dtype,
            D is not None, D is not None and D.dim() == 2, z is not None, dt_bias is not None, bool(dt_softplus),
-           (lo, hi) != (0.0, math.inf), interpret)  # a flat tuple: built and hashed on every call
+           (lo, hi) != (0.0, math.inf), interpret)  # _stage_plans' arguments: built and hashed on every call
     plans = _PLANS.get(key) or _plans_for(key)
     with _device_guard(device):
         # Until the first launch the GPU waits for the host: only what the first stage needs
@@ -117,7 +117,7 @@ def mamba_chunk_scan_combined_varlen(
             _check_metadata(packed.cpu(), S, nchunks, chunk_size, T)
             chunking.CHECKED_METADATA.remember(metadata, chunk_size, T)
         device_index = device.index if direct else None
-        stream = current_stream(device_index) if direct and DIRECT_LAUNCH else None  # only kept launches take it
+        stream = _LAUNCHER.stream(device_index) if direct else None
         chunk_state, bmm, state_passing, chunk_scan = plans[:4]
         _launch(chunk_state, (chunk_state.tiles, nchunks, H),
                 (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
@@ -246,20 +246,6 @@ class _StagePlan:
     tiles: int  # programs per (chunk or head, ...) cell: grid axis 0
 
 
-class _PlanKey(NamedTuple):
-    """Everything the four launches' plans depend on: the layer, the call's flags, the configs."""
-
-    dims: LayerDims
-    init_dtype: Optional[torch.dtype]  # None: no initial states
-    has_D: bool
-    D_has_hdim: bool
-    has_z: bool
-    has_dt_bias: bool
-    dt_softplus: bool
-    has_dt_limit: bool
-    interpret: bool
-
-
 class _Workspace(NamedTuple):
     """Where the float32 intermediates of a call of ``nchunks`` chunks lie in one allocation.
 
@@ -302,32 +288,33 @@ class _Plans(NamedTuple):
     workspace: _Workspace
 
 
-_PLANS: dict = {}  # flat key (LayerDims' fields, then _PlanKey's after dims) -> _Plans
+_PLANS: dict = {}  # the entry point's flat key (_stage_plans' arguments, in order) -> _Plans
 
 
 def _plans_for(key: tuple) -> _Plans:
     """Build and keep the plans for a flat call key (see the entry point)."""
-    plans = _PLANS[key] = _stage_plans(_PlanKey(LayerDims(*key[:6]), *key[6:]))
+    plans = _PLANS[key] = _stage_plans(*key)
     return plans
 
 
-def _stage_plans(key: _PlanKey) -> _Plans:
-    """The four stages' plans, in launch order, and the workspace: built once per key.
+def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, init_dtype: Optional[torch.dtype],
+                 has_D: bool, D_has_hdim: bool, has_z: bool, has_dt_bias: bool, dt_softplus: bool,
+                 has_dt_limit: bool, interpret: bool) -> _Plans:
+    """The four stages' plans, in launch order, and the workspace, for a layer (H heads, G
+    groups, P head dim, N dstate, L chunk size, model ``dtype``) and a call's flags
+    (``init_dtype`` None: no initial states).
 
     Chunk state (with the dt cumsum) goes first: it is long enough on the GPU to hide the host
-    time of the launches behind it. The key, with the call's device, fixes the binary Triton
+    time of the launches behind it. The arguments, with the call's device, fix the binary Triton
     picks for each stage (``init_dtype`` is the one pointer dtype that is neither the model
     dtype nor float32), which is what lets :func:`_launch` keep it.
     """
-    dims = key.dims
-    interpret, has_init = key.interpret, key.init_dtype is not None
-    has_dt_bias, dt_softplus, has_dt_limit = key.has_dt_bias, key.dt_softplus, key.has_dt_limit
-    has_D, D_has_hdim, has_z = key.has_D, key.D_has_hdim, key.has_z
-    H, G, P, N, L = dims.nheads, dims.ngroups, dims.head_dim, dims.dstate, dims.chunk_size
+    has_init = init_dtype is not None
+    dims = LayerDims(H, G, P, N, L, dtype)
     cfg = configs.configs_for(dims)
-    precision = "ieee" if dims.dtype == torch.float32 else "tf32"
-    dot_dtype = _dot_dtype(dims.dtype, interpret)
-    common = dict(SPLIT_16BIT=dims.dtype != torch.float32,  # hi/lo 16-bit operand pairs: float32 accuracy
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    dot_dtype = _dot_dtype(dtype, interpret)
+    common = dict(SPLIT_16BIT=dtype != torch.float32,  # hi/lo 16-bit operand pairs: float32 accuracy
                   INTERPRETED=interpret, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype)
 
     def stage(name, kernel, tiles, **constexprs):

@@ -17,7 +17,7 @@ import torch
 STAGES = ("chunk_state", "bmm_chunk", "state_passing", "chunk_scan")
 
 
-class LayerDims(NamedTuple):  # a tuple: built on every kernel call, so it must be cheap
+class LayerDims(NamedTuple):
     """What a launch configuration may depend on: the layer, never the request."""
 
     nheads: int
