@@ -117,6 +117,15 @@ def compile_only_active() -> bool:
     return _depth > 0
 
 
+def active_target() -> str | None:
+    """The target of the active ``compile_only(...)`` block (``"cuda:90"``), or None outside one.
+
+    What was warmed or compiled under one target (or for real) is not warm for another: caches
+    of warm work key on this.
+    """
+    return _settings[0] if _depth else None
+
+
 @contextmanager
 def compile_only(target: str = "cuda:90", *, persist_autotune: bool = False) -> Iterator[None]:
     """Compile for ``target`` (``cuda:80``, ``cuda:90``, ``cuda:100``, ``hip:gfx942``), run nothing.

@@ -151,11 +151,12 @@ class SSDSession:
 
     def warm(self, layer: Any):
         """Run the configured warmup once for this layer configuration; returns its Recording."""
-        from .compile_only import compile_only_active
+        from .compile_only import active_target
         from .events import record_triton
 
-        # Compile-only binaries live under a device of their own: warm each mode separately.
-        key = layer_description(layer) + (" [compile-only]" if compile_only_active() else "")
+        # Compile-only binaries live under a device of their own: warm each mode (and target) separately.
+        target = active_target()
+        key = layer_description(layer) + (f" [compile-only {target}]" if target else "")
         if key in self._warmups:
             return self._warmups[key]
         persist = self.settings.persist_autotune

@@ -61,6 +61,7 @@ def warmup_ssd_kernels(
     warmup of each configuration logs one line on the ``pytest_ssd`` logger. Inside
     :func:`pytest_ssd.compile_only.compile_only` the same calls compile without executing.
     """
+    from .compile_only import active_target
     from .layer import make_ssd_inputs
 
     if kernel is None:
@@ -70,6 +71,7 @@ def warmup_ssd_kernels(
     if max_num_tokens is not None:
         check_positive_int("max_num_tokens", max_num_tokens)
     key = (getattr(kernel, "__module__", ""), getattr(kernel, "__qualname__", repr(kernel)), str(device),
+           active_target(),  # compile-only binaries are not the real device's (nor another target's)
            layer.local_heads, layer.head_dim, layer.local_groups, layer.ssm_state_size, layer.chunk_size,
            layer.dtype, layer.state_dtype, tuple(layer.D.shape), layer.dt_softplus, tuple(layer.dt_limit),
            bool(with_z), max_num_tokens)

@@ -54,6 +54,27 @@ def test_warmup_runs_once_per_layer_config(fresh_warm_set, caplog) -> None:
     assert len([r for r in caplog.records if r.name == "pytest_ssd"]) == 2  # once per config, not per layer
 
 
+def test_a_compile_only_target_is_warmed_apart_from_real_runs(fresh_warm_set) -> None:
+    """A layer warmed for real (here: interpreted) is not warm for a compile-only target, nor one
+    target for another: each compiles its own binaries, so each must run the warmup."""
+    from pytest_ssd.compile_only import compile_only
+
+    calls = []
+
+    def kernel(**kwargs):  # stands in for the kernel: the warmup's calls are what is counted
+        calls.append(kwargs["x"].shape[0])
+
+    layer = small_layer()
+    assert warmup_ssd_kernels(layer, kernel=kernel).calls == 2
+    with compile_only("cuda:90"):
+        assert warmup_ssd_kernels(layer, kernel=kernel).calls == 2
+        assert warmup_ssd_kernels(layer, kernel=kernel).calls == 0
+    with compile_only("cuda:80"):
+        assert warmup_ssd_kernels(layer, kernel=kernel).calls == 2
+    assert warmup_ssd_kernels(layer, kernel=kernel).calls == 0
+    assert len(calls) == 6
+
+
 def test_warmup_uses_the_layers_parameters_and_dtypes(fresh_warm_set) -> None:
     layer = small_layer(dtype=torch.float32, state_dtype=torch.float16, d_has_hdim=True, dt_limit=(0.01, 0.2))
     seen = []
