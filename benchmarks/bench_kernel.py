@@ -11,14 +11,14 @@ Each scenario runs in a fresh subprocess:
 - ``cold``: empty TRITON_CACHE_DIR. Warmup (seconds, compiles; ``max_num_tokens=8192``), the
   first request without and with initial states (wall ms, compiles, autotune benchmarks), then
   the steady state.
-- ``disk_cache``: a new process on ``cold``'s cache dir with TRITON_CACHE_AUTOTUNING=1: the
-  warmup loads binaries from disk (each still an in-memory JIT miss, counted), then the same.
+- ``disk_cache``: a new process on ``cold``'s cache dir (every scenario runs with
+  TRITON_CACHE_AUTOTUNING=1): the warmup loads binaries from disk (each still an in-memory JIT miss, counted), then the same.
 - ``no_warmup``: empty cache dir, the first request with no warmup at all (for comparison).
 - ``rerun``: empty cache dir, warmup and steady state again: the run-to-run spread.
 
 Steady state is the median of ``triton.testing.do_bench`` over calls that rotate through 4 input
-sets (each call includes the argument checks; metadata comes from ``chunk_metadata``): calls
-back to back, as a serving loop issues them. First request wall time is host time around one
+sets (each call includes the argument checks; metadata comes from ``chunk_metadata``), with
+do_bench's L2 flush between calls (which also hides each call's host time). First request wall time is host time around one
 call, synchronized before and after, its inputs drawn before the warmup so that it follows
 the warmup at once; "first / do_bench" is the target's ratio. Warm calls timed like the first
 request: "1 call" (median of 40) and "idle" (after 0.25 s of GPU idle each); the matmul
@@ -202,6 +202,7 @@ def _per_kernel(torch, layer, request, device):
     """Device time per kernel (torch.profiler), and the host cost of the metadata check."""
     if device != "cuda":
         return {}
+    from pytest_ssd.chunking import METADATA_NAMES
     from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
 
     (kwargs, out), = _inputs(layer, request, device, False, seed=3000)
@@ -220,7 +221,7 @@ def _per_kernel(torch, layer, request, device):
         total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
         if total and e.device_type == torch.autograd.DeviceType.CUDA:
             kernels[e.key] = round(total / reps / 1e3, 4)  # ms per call
-    meta = [kwargs[k] for k in ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")]
+    meta = [kwargs[k] for k in METADATA_NAMES]
     T, S, C = kwargs["x"].shape[0], meta[0].numel() - 1, meta[2].numel()
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -532,6 +533,11 @@ def main() -> None:
     failed = [r["scenario"] for r in results if "error" in r]
     if failed:
         sys.exit(f"failed scenarios: {failed}")
+    cold = [f"{r['scenario']}#{r['round']}" for r in results if r.get("scenario") in SCENARIOS
+            and r["scenario"] != "no_warmup" and any(r[k]["compiles"] or r[k]["autotune_benchmarks"]
+                                                     for k in ("first_request", "first_request_initial_states"))]
+    if cold:  # the regression this benchmark exists to catch
+        sys.exit(f"a first request after the warmup compiled or autotuned: {cold}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import tempfile
 
 REQUEST = [1000, 2048, 517, 3000]
 MAX_NUM_TOKENS = 8192  # the engine's largest batch, for a warmup that takes max_num_tokens
-DEFAULT = ("pytest_ssd.kernels:mamba_chunk_scan_combined_varlen", "pytest_ssd.warmup:warmup_ssd_kernels")
 
 
 def child(kernel_spec: str, warmup_spec: str, scenario: str) -> dict:
@@ -58,7 +57,6 @@ def child(kernel_spec: str, warmup_spec: str, scenario: str) -> dict:
     torch.cuda.synchronize()
     if scenario != "cold":
         warmup = load_callable(warmup_spec, "--warmup")
-        torch.cuda.synchronize()
         sized = "max_num_tokens" in inspect.signature(warmup).parameters
         with record_triton() as rec:
             start = time.perf_counter()
@@ -180,8 +178,10 @@ def main() -> None:
         with open(args.from_json) as fh:
             data = json.load(fh)
     else:
-        kernels = args.kernel or [DEFAULT[0]]
-        warmups = args.warmup or [DEFAULT[1]]
+        from pytest_ssd.options import DEFAULT_KERNEL, DEFAULT_WARMUP
+
+        kernels = args.kernel or [DEFAULT_KERNEL]
+        warmups = args.warmup or [DEFAULT_WARMUP]
         if len(kernels) != len(warmups):
             parser.error(f"--kernel given {len(kernels)} times but --warmup {len(warmups)}: give one warmup per kernel")
         import torch
@@ -209,6 +209,10 @@ def main() -> None:
     failed = [r["scenario"] for r in data["results"] if "error" in r]
     if failed and not args.from_json:
         sys.exit(f"failed scenarios: {failed}")
+    cold = [r["scenario"] for r in data["results"] if r["scenario"] != "cold" and "error" not in r
+            and any(r[f"first_{what}_{tag}"] for what in ("compiles", "autotunes") for tag in ("noinit", "init"))]
+    if cold and not args.from_json:  # the regression this benchmark exists to catch
+        sys.exit(f"a first request after the warmup compiled or autotuned: {cold}")
     if args.plot:  # one bar group per scenario: the first round's
         plot([r for r in data["results"] if r.get("round", 1) == 1], args.plot,
              f"first request after each scenario, {data['device']}, triton {data['triton']}")

@@ -25,10 +25,21 @@ import time
 
 IDLE_GAPS_S = (0.0, 0.002, 0.01, 0.05, 0.25)
 STEP_LABELS = ("checks", "plans+guard", "workspace", "stream")  # the stamped steps, in call order
+REQUEST = [1000, 2048, 517, 3000]  # the anchors' request
+MAX_NUM_TOKENS = 8192  # the engine's largest batch, given to the warmup
+
+
+def _layer(torch):
+    """The anchors' layer (the suite's coverage layer in bf16 with float32 states) on the GPU."""
+    from pytest_ssd.layer import make_mixer2_layer
+    from pytest_ssd.suite.cases import COVERAGE_LAYER
+
+    return make_mixer2_layer(**COVERAGE_LAYER, dtype=torch.bfloat16, state_dtype=torch.float32, seed=0,
+                             device="cuda")
 CALLS_PER_GAP = 12
 
 
-def _instrumented(combined, torch):
+def _instrumented(combined):
     """Wrap the entry's launches with host clocks and CUDA events; returns the per-call log."""
     log = {}
     launch, check = combined._launch, combined._check_metadata
@@ -40,9 +51,7 @@ def _instrumented(combined, torch):
         t = time.perf_counter()
         launch(*args)
         log["launch_host"].append(time.perf_counter() - t)
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        log["events"].append(event)
+        log["events"][len(log["launch_host"])].record()  # made before the call: no allocation timed
 
     def timed_check(*args, **kwargs):
         log["checked"] = True
@@ -68,31 +77,30 @@ def child() -> dict:
     import torch
 
     from pytest_ssd.adapters import poisoned_like
-    from pytest_ssd.chunking import chunk_metadata
+    from pytest_ssd.chunking import METADATA_NAMES, chunk_metadata
     from pytest_ssd.kernels import combined
-    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from pytest_ssd.layer import make_ssd_inputs
     from pytest_ssd.warmup import warmup_ssd_kernels
 
-    layer = make_mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
-                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
-    warmed = warmup_ssd_kernels(layer, max_num_tokens=8192)
-    sets = [make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=i) for i in range(4)]
+    layer = _layer(torch)
+    warmed = warmup_ssd_kernels(layer, max_num_tokens=MAX_NUM_TOKENS)
+    sets = [make_ssd_inputs(layer, REQUEST, seed=i) for i in range(4)]
     outs = [poisoned_like(s.x) for s in sets]
     a = torch.randn(5120, 5120, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(5120, 5120, device="cuda", dtype=torch.bfloat16)
-    log = _instrumented(combined, torch)
-    meta_names = ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")
+    log = _instrumented(combined)
 
     def kernel_call(i: int, foreign: bool = False) -> dict:
         kwargs = sets[i % 4].kernel_kwargs(layer)
         if foreign:  # a new batch's metadata built by the model: checked once, with a copy to the host
-            kwargs.update({k: kwargs[k].clone() for k in meta_names})
+            kwargs.update({k: kwargs[k].clone() for k in METADATA_NAMES})
         else:  # a new batch's metadata from pytest_ssd.chunking.chunk_metadata: right by construction
             cu_seqlens = kwargs["cu_seqlens"].clone()
             meta = chunk_metadata(cu_seqlens, layer.chunk_size)
             kwargs.update(cu_seqlens=cu_seqlens, cu_chunk_seqlens=meta.cu_chunk_seqlens, seq_idx=meta.seq_idx,
                           last_chunk_indices=meta.last_chunk_indices)
-        log.update(launch_host=[], events=[torch.cuda.Event(enable_timing=True)], checked=False, stamps=[])
+        log.update(launch_host=[], events=[torch.cuda.Event(enable_timing=True) for _ in range(5)], checked=False,
+                   stamps=[])
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         combined.mamba_chunk_scan_combined_varlen(out=outs[i % 4], **kwargs)
@@ -145,14 +153,13 @@ def profile_child() -> None:
     import torch
 
     from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen as kernel
-    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from pytest_ssd.layer import make_ssd_inputs
     from pytest_ssd.warmup import warmup_ssd_kernels
 
-    layer = make_mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
-                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
-    sets = [make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=i) for i in range(3)]
+    layer = _layer(torch)
+    sets = [make_ssd_inputs(layer, REQUEST, seed=i) for i in range(3)]
     outs = [torch.empty_like(s.x) for s in sets]
-    warmup_ssd_kernels(layer, max_num_tokens=8192)
+    warmup_ssd_kernels(layer, max_num_tokens=MAX_NUM_TOKENS)
     if "gc" in sys.argv:  # variant: collect the warmup's garbage before the first request
         import gc
 
@@ -187,19 +194,21 @@ def host_pieces() -> dict:
 
     from pytest_ssd import chunking, triton_compat
     from pytest_ssd.kernels import combined
-    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from pytest_ssd.layer import make_ssd_inputs
     from pytest_ssd.warmup import warmup_ssd_kernels
 
-    layer = make_mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
-                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
-    warmup_ssd_kernels(layer, max_num_tokens=8192)
-    inputs = make_ssd_inputs(layer, [1000, 2048, 517, 3000], seed=0)
+    layer = _layer(torch)
+    warmup_ssd_kernels(layer, max_num_tokens=MAX_NUM_TOKENS)
+    inputs = make_ssd_inputs(layer, REQUEST, seed=0)
     kw = inputs.kernel_kwargs(layer)
     x, B, C, dt = kw["x"], kw["B"], kw["C"], kw["dt"]
     meta = tuple(kw[k] for k in chunking.METADATA_NAMES)
     out, device = torch.empty_like(x), x.device
     tensors = (x, dt, layer.A, B, C, out, layer.D, None, layer.dt_bias, None)
-    key = (80, 1, 64, 128, 256, torch.bfloat16, None, True, False, False, True, True, False, False)
+    # The flat key the entry point builds for this call (no initial states, no z, a real GPU).
+    key = (layer.local_heads, layer.local_groups, layer.head_dim, layer.ssm_state_size, layer.chunk_size, layer.dtype,
+           None, True, layer.D.dim() == 2, False, True, layer.dt_softplus, tuple(layer.dt_limit) != (0.0, math.inf),
+           False)
     plans = combined._PLANS[key]  # the warmup planned it: this is the flat key a request builds
     T, nchunks = x.shape[0], meta[2].shape[0]
 
@@ -209,9 +218,7 @@ def host_pieces() -> dict:
 
     steps = {
         "argument checks (_fast_sizes)": lambda: combined._fast_sizes(*tensors, meta, 256, (0.0, math.inf), None),
-        "launch plans (key + cache)": lambda: combined._PLANS.get(
-            (80, 1, 64, 128, 256, x.dtype, None, layer.D is not None, layer.D.dim() == 2, False, True, True,
-             False, False)),
+        "launch plans (key + cache)": lambda: combined._PLANS.get(key),
         "device guard": guard,
         "metadata known good": lambda: chunking.CHECKED_METADATA.seen(meta, 256, T),
         "metadata as int32 (x3)": lambda: [combined._normalized_int32(t) for t in meta[1:]],
