@@ -28,7 +28,9 @@ def spec_for(kernel_spec: str, api: str, layer_kwargs: dict, requests: Sequence[
 
     Each request runs without and with initial states, as the suite's coverage test does.
     """
-    layer = {k: (str(v).replace("torch.", "") if k in ("dtype", "state_dtype") else v)
+    from .validation import dtype_name
+
+    layer = {k: (dtype_name(v) if k in ("dtype", "state_dtype") else v)
              for k, v in layer_kwargs.items() if k != "device"}
     return {"kernel": kernel_spec, "api": api, "layer": layer, "requests": [list(r) for r in requests],
             "target": target}

@@ -126,7 +126,6 @@ def ssd_coverage_check(request) -> Callable:
     def check(warm, workload: Callable, what: str = "workload", cold=None) -> None:
         from .coverage import unused
         from .events import record_triton
-        from .report import ColdRecord
         from .triton_compat import jit_dispatch
 
         if session.kernel_interpreted:
@@ -138,11 +137,8 @@ def ssd_coverage_check(request) -> Callable:
             known = session.report.unused_binaries or []
             session.report.unused_binaries = known + [e.describe() for e in unused(warm, cold)
                                                       if e.describe() not in known]
-        if rec.events:
-            lines = session.absorb(rec.events)  # filed here once: the test phase's watcher skips them
-            session.report.cold.append(ColdRecord(
-                nodeid=request.node.nodeid, phase="call", outcome="failed", lines=lines,
-                seconds=round(sum(e.seconds or 0.0 for e in rec.events), 4)))
+        if rec.events:  # filed here once: the test phase's watcher skips them
+            lines = session.file_cold(request.node.nodeid, "call", "failed", rec.events)
             pytest.fail(f"{what}: {len(rec.events)} Triton compile/autotune event(s) after warmup "
                         f"({len(warm.events)} event(s) in the warmup):\n  " + "\n  ".join(lines), pytrace=False)
 

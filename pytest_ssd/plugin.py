@@ -13,7 +13,7 @@ import pytest
 
 from .options import add_options, resolve
 from .placement import gpu_for_worker, visible_gpus
-from .report import ColdRecord, SessionReport, WorkerReport, environment
+from .report import SessionReport, WorkerReport, environment
 from .session import SSDSession
 
 SESSION_KEY = pytest.StashKey[SSDSession]()
@@ -144,7 +144,6 @@ def _record_phase(item: pytest.Item, phase: str, rec, test_failed: bool) -> Opti
     events = session.unfiled(rec.events)  # warmups and coverage checks file their own
     if not events:
         return None
-    lines = session.absorb(events)
     allow = item.get_closest_marker("ssd_allow_cold")
     if phase != "call" or not _enforced(item):
         outcome = "reported"
@@ -152,12 +151,11 @@ def _record_phase(item: pytest.Item, phase: str, rec, test_failed: bool) -> Opti
         outcome = "allowed"
     else:
         outcome = "failed"
-    cost = sum(e.seconds or 0.0 for e in events)
     allow_reason = (allow.kwargs.get("reason") or (allow.args[0] if allow.args else "no reason given")) if allow else None
-    session.report.cold.append(ColdRecord(nodeid=item.nodeid, phase=phase, outcome=outcome, seconds=round(cost, 4),
-                                          lines=lines, allow_reason=allow_reason))
+    lines = session.file_cold(item.nodeid, phase, outcome, events, allow_reason)
     if outcome != "failed" or test_failed:
         return None
+    cost = sum(e.seconds or 0.0 for e in events)
     return (f"pytest-ssd: {len(events)} Triton compile/autotune event(s) in the call phase after warmup "
             f"(--ssd-require-warm), {cost:.2f}s spent:\n  " + "\n  ".join(lines)
             + "\nWarm these in the warmup, or mark the test @pytest.mark.ssd_allow_cold(reason=...).")
@@ -208,7 +206,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def _session_report(config: pytest.Config) -> SessionReport:
     session = ssd_session(config)
     workers: list = list(config.stash[CONTROLLER_KEY])
-    if not workers or session.report.warmups or session.report.cold or session.report.latency:
+    if not workers or session.report.recorded_anything:
         workers.insert(0, session.report)
     settings = {k: v for k, v in dataclasses.asdict(session.settings).items() if k != "sources"}
     return SessionReport(seed=session.settings.seed, settings=settings, environment=environment(), workers=workers)
@@ -230,14 +228,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if SESSION_KEY not in config.stash or _worker_id(config) is not None:
         return
     session = ssd_session(config)
-    if not any(w.warmups or w.cold or w.latency for w in [session.report, *config.stash[CONTROLLER_KEY]]):
+    if not any(w.recorded_anything for w in [session.report, *config.stash[CONTROLLER_KEY]]):
         return
     report = _session_report(config)
     terminalreporter.section("pytest-ssd")
     for line in report.summary_lines():
         terminalreporter.write_line(line)
-    if ssd_session(config).settings.report:
-        terminalreporter.write_line(f"JSON report: {ssd_session(config).settings.report}")
+    if session.settings.report:
+        terminalreporter.write_line(f"JSON report: {session.settings.report}")
 
 
 class XdistHooks:

@@ -61,6 +61,11 @@ class WorkerReport:
     # workload, see pytest_ssd.coverage.compare(workload_cold=...)): unknown is not zero.
     unused_binaries: Optional[list] = None
 
+    @property
+    def recorded_anything(self) -> bool:
+        """Whether this worker warmed, met a cold event, or measured latency."""
+        return bool(self.warmups or self.cold or self.latency)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -187,6 +187,18 @@ class SSDSession:
         return [e for e in events if e not in self._warm_events]
 
     # ---- the warm set and explanations --------------------------------------------------------
+    def file_cold(self, nodeid: str, phase: str, outcome: str, events: list,
+                  allow_reason: Optional[str] = None) -> list:
+        """Explain ``events`` (:meth:`absorb`) and file them in the report as one cold record;
+        returns the explanation lines, for the failure message."""
+        from .report import ColdRecord
+
+        lines = self.absorb(events)
+        self.report.cold.append(ColdRecord(nodeid=nodeid, phase=phase, outcome=outcome, lines=lines,
+                                           seconds=round(sum(e.seconds or 0.0 for e in events), 4),
+                                           allow_reason=allow_reason))
+        return lines
+
     def absorb(self, events: list) -> list:
         """Explain cold events against the warm set, then count them as warm from now on.
 

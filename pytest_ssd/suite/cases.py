@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import torch
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from ..options import DTYPE_NAMES
+from ..validation import MODEL_DTYPES
+
+DTYPES = dict(zip(DTYPE_NAMES, MODEL_DTYPES))  # --ssd-dtype's names, in the same order
 
 SCALES = {
     # nheads, head_dim, ssm_state_size, chunk_size
