@@ -128,9 +128,8 @@ def ssd_coverage_check(request) -> Callable:
         from .events import record_triton
         from .triton_compat import jit_dispatch
 
-        if session.kernel_interpreted:
-            pytest.skip(f"{session.settings.kernel} runs under Triton's interpreter on CPU, where nothing compiles; "
-                        f"check warmup coverage with --ssd-compile-only cuda:90 (or on a GPU)")
+        if session.coverage_skip_reason:
+            pytest.skip(session.coverage_skip_reason)
         with record_triton() as rec, jit_dispatch():  # what Triton would compile, launch by launch
             workload()
         if cold is not None:

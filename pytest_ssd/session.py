@@ -117,6 +117,14 @@ class SSDSession:
         mode = self.mode
         return self.settings.kernel != DEFAULT_KERNEL and mode.device == "cpu" and not mode.compile_only
 
+    @property
+    def coverage_skip_reason(self) -> Optional[str]:
+        """Why warmup coverage cannot be checked in this session, or None when it can."""
+        if self.kernel_interpreted:
+            return (f"{self.settings.kernel} runs under Triton's interpreter on CPU, where nothing compiles; "
+                    f"check warmup coverage with --ssd-compile-only cuda:90 (or on a GPU)")
+        return None
+
     # ---- the kernel and its warmup ----------------------------------------------------------
     @property
     def kernel(self):

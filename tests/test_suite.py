@@ -80,7 +80,9 @@ def test_suite_fails_on_skipped_initial_states(pytester):
 def test_third_party_kernel_on_cpu_skips_coverage_with_the_reason(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
-    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:skips_initial_states", "-k", "coverage", "-rs")
+    # In a fresh process: in-process, the outer session's already imported kernels hid a crash here.
+    result = pytester.runpytest_subprocess(*SUITE, "--ssd-kernel", "broken:skips_initial_states", "-k", "coverage",
+                                           "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*runs under Triton's interpreter on CPU, where nothing compiles*--ssd-compile-only*"])
 

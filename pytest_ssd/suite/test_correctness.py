@@ -16,5 +16,7 @@ def test_matches_reference(case, ssd_dtype, ssd_mode, mixer2_layer, ssd_inputs, 
     ssd_warmup(layer)  # the numbers that count are the warmed kernel's
     inputs = ssd_inputs(layer, case.seqlens[scale], with_initial_states=case.initial_states)
     out, states = ssd_kernel.run(layer, inputs)  # into a NaN-poisoned buffer, after warmup
+    if ssd_kernel.api == "vllm":  # the API that takes state_dtype: the float64 comparison would hide a wrong one
+        assert states.dtype == layer.state_dtype, f"final states in {states.dtype}, the layer declares {layer.state_dtype}"
     ref_out, ref_states = ssd_reference(**inputs.reference_kwargs(layer), output_dtype=torch.float64)
     ssd_assert_close(out, states, ref_out, ref_states, dtype=ssd_dtype, cu_seqlens=inputs.cu_seqlens)

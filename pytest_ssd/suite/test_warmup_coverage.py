@@ -12,7 +12,12 @@ from pytest_ssd.suite.cases import COVERAGE_LAYER, COVERAGE_REQUESTS
 
 
 @pytest.fixture(scope="module")
-def coverage_mode(ssd_mode):
+def coverage_mode(request, ssd_mode):
+    from pytest_ssd.plugin import ssd_session
+
+    reason = ssd_session(request.config).coverage_skip_reason
+    if reason:  # before any warmup or compile-only block: an interpreted kernel cannot compile
+        pytest.skip(reason)
     mode = ssd_mode
     if mode.coverage_target and not mode.compile_only:
         from pytest_ssd.compile_only import compile_only
