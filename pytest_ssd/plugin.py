@@ -180,9 +180,19 @@ def _watch_phase(item: pytest.Item, phase: str):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item):
+    _skip_gpu_test_without_cuda(item)
     if not _watched(item):
         return (yield)
     return (yield from _watch_phase(item, "setup"))
+
+
+def _skip_gpu_test_without_cuda(item: pytest.Item) -> None:
+    """What the ``gpu`` marker promises: without a CUDA device the test is skipped, with the reason."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("marked gpu: needs a CUDA GPU, and torch sees none")
 
 
 @pytest.hookimpl(wrapper=True)

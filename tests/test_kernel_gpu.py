@@ -13,8 +13,7 @@ from _ssd_cases import (KernelCase, assert_states_matter, check_against_referenc
                         run_kernel, with_slow_decay)
 from pytest_ssd.kernels import configs
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.gpu  # the plugin skips it without CUDA
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GPU = dict(nheads=16, head_dim=64, ssm_state_size=128, chunk_size=64, state_dtype=torch.float32)

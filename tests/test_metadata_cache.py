@@ -85,8 +85,7 @@ def test_chunk_metadata_registers_only_what_it_built():
 
 @pytest.mark.parametrize("device", [
     "cpu",
-    pytest.param("cuda", marks=[pytest.mark.gpu,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+    pytest.param("cuda", marks=pytest.mark.gpu),
 ])
 def test_make_ssd_inputs_metadata_is_vouched_for_on_its_device(device, counted):
     """The tensors the kernel gets are the ones chunk_metadata registered (not CPU originals moved)."""

@@ -26,6 +26,26 @@ def test_entry_point_loads_plugin(pytester):
     result.stdout.fnmatch_lines(["pytest-ssd: require_warm=False*", "pytest-ssd: seed=*reproduce with --ssd-seed=*"])
 
 
+def test_gpu_marker_skips_without_cuda_and_runs_with_it(pytester):
+    import torch
+
+    pytester.makepyfile("""
+        import pytest
+        @pytest.mark.gpu
+        def test_on_gpu():
+            import torch
+            assert torch.cuda.is_available()
+        def test_anywhere():
+            pass
+    """)
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    if torch.cuda.is_available():
+        result.assert_outcomes(passed=2)
+    else:
+        result.assert_outcomes(passed=1, skipped=1)
+        result.stdout.fnmatch_lines(["*marked gpu: needs a CUDA GPU*"])
+
+
 def test_dash_p_with_entry_point_is_not_registered_twice(pytester):
     pytester.makepyfile("def test_ok(ssd_settings): pass")
     result = pytester.runpytest_subprocess("-p", "pytest_ssd")

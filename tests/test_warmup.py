@@ -122,7 +122,6 @@ def test_nothing_cold_after_warmup_compile_only(fresh_warm_set) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype,state_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float16)],
                          ids=["bf16_fp32_states", "fp16_fp16_states"])
 def test_nothing_cold_after_warmup_gpu(dtype, state_dtype, fresh_warm_set) -> None:
@@ -154,7 +153,6 @@ def test_max_num_tokens_must_be_a_positive_int(bad, fresh_warm_set) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_max_num_tokens_leaves_the_workspace_allocated(fresh_warm_set) -> None:
     """After a warmup sized for the engine's largest batch, the anchors' request allocates no
     new device memory: the caching allocator already holds its workspace."""
