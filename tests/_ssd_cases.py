@@ -35,6 +35,19 @@ def with_slow_decay(layer, seed: int):
     return dataclasses.replace(layer, A=A.to(layer.A.device))
 
 
+def make_case(case: "KernelCase", base: dict, *, device: str, seed: int, mixer2_layer, ssd_inputs):
+    """The layer and inputs of ``case`` on ``device``: ``base`` layer kwargs, the case's own on
+    top (``state_dtype="model"``: the model dtype), slow decay where the case asks for it."""
+    kwargs = {**base, **case.layer}
+    if kwargs.get("state_dtype") == "model":
+        kwargs["state_dtype"] = kwargs["dtype"]
+    layer = mixer2_layer(**kwargs, device=device)
+    if case.slow_decay:
+        layer = with_slow_decay(layer, seed)
+    inputs = ssd_inputs(layer, case.seqlens, with_initial_states=case.initial_states, with_z=case.z, device=device)
+    return layer, inputs
+
+
 def run_kernel(layer, inputs, *, return_intermediate_states: bool = False):
     """The bundled kernel into a NaN-poisoned ``out``; returns ``(out, states)``."""
     out = poisoned_like(inputs.x)

@@ -13,8 +13,10 @@ import math
 import pytest
 import torch
 
+import _ssd_cases
 from _ssd_cases import (KernelCase, assert_states_matter, check_against_reference, check_intermediate_states,
                         run_kernel, with_slow_decay)
+from pytest_ssd.adapters import poisoned_like
 from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
 
 SMALL = dict(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, dtype=torch.float32,
@@ -37,11 +39,7 @@ CASES = [
 
 
 def make_case(case: KernelCase, seed: int, mixer2_layer, ssd_inputs):
-    layer = mixer2_layer(**{**SMALL, **case.layer}, device="cpu")
-    if case.slow_decay:
-        layer = with_slow_decay(layer, seed)
-    inputs = ssd_inputs(layer, case.seqlens, with_initial_states=case.initial_states, with_z=case.z, device="cpu")
-    return layer, inputs
+    return _ssd_cases.make_case(case, SMALL, device="cpu", seed=seed, mixer2_layer=mixer2_layer, ssd_inputs=ssd_inputs)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -84,7 +82,7 @@ def test_metadata_as_int64_and_offset_views(ssd_seed, mixer2_layer, ssd_inputs) 
         t = kwargs[name]
         kwargs[name] = torch.cat([t.new_zeros(1), t])[1:] if name == "seq_idx" else t.to(torch.int64)
     assert kwargs["seq_idx"].data_ptr() % 16 != 0
-    out = torch.full_like(inputs.x, float("nan"))
+    out = poisoned_like(inputs.x)
     mamba_chunk_scan_combined_varlen(out=out, **kwargs)
     assert torch.equal(out, base), f"normalized metadata changed the output (seed={ssd_seed})"
 
@@ -151,7 +149,7 @@ BAD_INPUTS = [
 def test_bad_input_raises_before_any_launch(name, mutate, message, mixer2_layer, ssd_inputs, monkeypatch) -> None:
     layer = mixer2_layer(**SMALL, device="cpu")
     inputs = ssd_inputs(layer, [5, 20, 1], with_z=True, with_initial_states=True, device="cpu")  # 4 chunks
-    kwargs = dict(inputs.kernel_kwargs(layer), out=torch.full_like(inputs.x, float("nan")))
+    kwargs = dict(inputs.kernel_kwargs(layer), out=poisoned_like(inputs.x))
 
     def no_launch(*args):
         raise AssertionError("a kernel was launched before the bad argument was rejected")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import _ssd_cases
 from _ssd_cases import (KernelCase, assert_states_matter, check_against_reference, check_intermediate_states,
-                        run_kernel, with_slow_decay)
+                        run_kernel)
 from pytest_ssd.kernels import configs
 
 pytestmark = pytest.mark.gpu  # the plugin skips it without CUDA
@@ -33,14 +34,8 @@ CASES = [
 
 
 def make_case(case: KernelCase, dtype: torch.dtype, seed: int, mixer2_layer, ssd_inputs):
-    kwargs = {**GPU, **case.layer, "dtype": dtype}
-    if kwargs["state_dtype"] == "model":
-        kwargs["state_dtype"] = dtype
-    layer = mixer2_layer(**kwargs, device="cuda")
-    if case.slow_decay:
-        layer = with_slow_decay(layer, seed)
-    inputs = ssd_inputs(layer, case.seqlens, with_initial_states=case.initial_states, with_z=case.z, device="cuda")
-    return layer, inputs
+    return _ssd_cases.make_case(case, {**GPU, "dtype": dtype}, device="cuda", seed=seed, mixer2_layer=mixer2_layer,
+                                ssd_inputs=ssd_inputs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())

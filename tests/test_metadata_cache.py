@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pytest_ssd.chunking import CHECKED_METADATA, chunk_metadata
+from pytest_ssd.adapters import poisoned_like
 from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
 from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
 
@@ -25,7 +26,7 @@ def counted(monkeypatch):
 
 def _run(layer, inputs, **override):
     kwargs = {**inputs.kernel_kwargs(layer), **override}
-    out = torch.full_like(inputs.x, float("nan"))
+    out = poisoned_like(inputs.x)
     mamba_chunk_scan_combined_varlen(out=out, **kwargs)
     return out
 
