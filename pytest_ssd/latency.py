@@ -38,6 +38,7 @@ class LatencyResult:
 
     @property
     def steady_iqr_ms(self) -> float:
+        """The p20-p80 spread of the steady state (the report field's name says IQR; it is wider)."""
         return self.steady_p80_ms - self.steady_p20_ms
 
     @property

@@ -140,7 +140,7 @@ class SessionReport:
             for r in wr.latency:
                 lines.append(
                     f"latency {where} {r.nodeid} {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
-                    f"(IQR {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
+                    f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
                 )
             if wr.unused_binaries:
                 lines.append(f"unused warm binaries {where}: {len(wr.unused_binaries)}")
