@@ -12,6 +12,12 @@ from typing import Callable, Optional, Tuple
 import torch
 
 API_STYLES = ("vllm", "mamba_ssm")
+# How an engine can call a vLLM-style entry point (see :func:`call_variants`):
+#   returned             the kernel returns the final states (the suite's correctness calls);
+#   final_states_out     vLLM's serving prefill: final states written into a state cache at
+#                        final_state_indices (constexpr HAS_FINAL_STATES in vLLM 0.33);
+#   intermediate_states  vLLM's prefill with prefix caching: the state at every chunk's end.
+CALL_VARIANTS = ("returned", "final_states_out", "intermediate_states")
 
 
 def detect_api(fn: Callable) -> Optional[str]:
@@ -25,6 +31,26 @@ def detect_api(fn: Callable) -> Optional[str]:
     if "return_final_states" in params:
         return "mamba_ssm"
     return None
+
+
+def call_variants(fn: Callable, api: str) -> tuple:
+    """The call variants of :data:`CALL_VARIANTS` that ``fn``'s signature accepts.
+
+    A warmup must cover every way the engine calls the kernel: each variant can select other
+    constexprs (another binary), so the warmth verdict runs every one the kernel takes.
+    """
+    if api != "vllm":
+        return ("returned",)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return ("returned",)
+    variants = ["returned"]
+    if "final_states_out" in params and "final_state_indices" in params:
+        variants.append("final_states_out")
+    if "return_intermediate_states" in params:
+        variants.append("intermediate_states")
+    return tuple(variants)
 
 
 def poisoned_like(x: torch.Tensor) -> torch.Tensor:
@@ -44,16 +70,29 @@ class SSDKernel:
         if self.api not in API_STYLES:
             raise ValueError(f"api: expected one of {API_STYLES}, got {self.api!r}")
 
-    def run(self, layer, inputs, out: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Run on packed varlen ``inputs``; returns ``(out (T,H,P), final_states (S,H,P,N))``.
+    def run(self, layer, inputs, out: Optional[torch.Tensor] = None,
+            variant: str = "returned") -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run on packed varlen ``inputs``; returns ``(out (T,H,P), states)``.
 
+        ``states`` are the final states (S,H,P,N), read back from the state cache for
+        ``final_states_out``, or the per-chunk states (C,H,P,N) for ``intermediate_states``.
         ``out`` defaults to a NaN-poisoned buffer.
         """
+        if variant not in CALL_VARIANTS:
+            raise ValueError(f"variant: expected one of {CALL_VARIANTS}, got {variant!r}")
         out = poisoned_like(inputs.x) if out is None else out
-        if self.api == "vllm":
-            states = self.fn(out=out, **inputs.kernel_kwargs(layer))
-            return out, states
-        return self._run_mamba_ssm(layer, inputs, out)
+        if self.api != "vllm":
+            if variant != "returned":
+                raise ValueError(f"variant {variant!r} is a vllm-style call; {self.name} has the {self.api} API")
+            return self._run_mamba_ssm(layer, inputs, out)
+        kwargs = inputs.kernel_kwargs(layer)
+        if variant == "intermediate_states":
+            return out, self.fn(out=out, return_intermediate_states=True, **kwargs)
+        if variant == "final_states_out":
+            cache, slots = _state_cache(layer, inputs)
+            self.fn(out=out, final_states_out=cache, final_state_indices=slots, **kwargs)
+            return out, cache[slots.long()]
+        return out, self.fn(out=out, **kwargs)
 
     def _run_mamba_ssm(self, layer, inputs, out: torch.Tensor):
         # mamba_ssm's batched API takes (batch, seqlen, ...) and one initial state per batch
@@ -77,3 +116,13 @@ class SSDKernel:
             out[start:end] = y[0]
             states.append(final[0])
         return out, torch.stack(states)
+
+
+def _state_cache(layer, inputs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A NaN-poisoned SSM state cache with two spare slots, and a shuffled slot per sequence
+    (int32), as an engine's ``ssm_state`` and ``state_indices`` look."""
+    S = len(inputs.seqlens)
+    shape = (S + 2, layer.local_heads, layer.head_dim, layer.ssm_state_size)
+    cache = torch.full(shape, float("nan"), dtype=layer.state_dtype, device=inputs.x.device)
+    order = torch.randperm(S + 2, generator=torch.Generator().manual_seed(inputs.seed))[:S]
+    return cache, order.to(device=inputs.x.device, dtype=torch.int32)

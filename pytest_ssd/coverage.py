@@ -24,10 +24,11 @@ _INT_SPECS = {"none": "not divisible by 16", "%16": "divisible by 16",
 
 
 class Miss(NamedTuple):
-    """A workload event the warmup did not provide, and why."""
+    """A workload event the warmup did not provide, why, and what warmup call would provide it."""
 
     event: Event
     reason: str
+    fix: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class CoverageReport:
             for miss in self.missing:
                 lines.append(f"  {miss.event.kind:<8} {miss.event.describe()}")
                 lines.append(f"  {'':<8} why: {miss.reason}")
+                lines.append(f"  {'':<8} fix: {miss.fix}")
         if self.unused is None:
             lines.append("Unused warm binaries: unknown (pass workload_cold, a recording of the workload "
                          "from a cold start).")
@@ -67,7 +69,7 @@ class CoverageReport:
     def to_dict(self) -> dict:
         return {
             "ok": self.ok,
-            "missing": [{"event": m.event.to_dict(), "reason": m.reason} for m in self.missing],
+            "missing": [{"event": m.event.to_dict(), "reason": m.reason, "fix": m.fix} for m in self.missing],
             "unused": None if self.unused is None else [e.to_dict() for e in self.unused],
             "warmed_binaries": self.warmed_binaries,
             "warmed_autotune_keys": self.warmed_autotune_keys,
@@ -79,9 +81,17 @@ def compare(warmup: Recording, workload: Recording, workload_cold: Recording | N
 
     ``workload_cold``: the same workload recorded from a cold start; enables ``unused``.
     """
+    for name, value in (("warmup", warmup), ("workload", workload)):
+        if not isinstance(value, Recording):
+            raise TypeError(f"{name}: expected a pytest_ssd.events.Recording, got {type(value).__name__}")
     binaries, keys = warmup.binaries(), warmup.autotune_keys()
-    missing = [Miss(e, _why_compiled(e, list(binaries.values()), warmup) if isinstance(e, CompileEvent)
-                    else _why_tuned(e, list(keys.values()), warmup)) for e in workload.events]
+    missing = []
+    for e in workload.events:
+        if isinstance(e, CompileEvent):
+            missing.append(Miss(e, _why_compiled(e, list(binaries.values()), warmup),
+                                _fix_compiled(e, list(binaries.values()), warmup)))
+        else:
+            missing.append(Miss(e, _why_tuned(e, list(keys.values()), warmup), _fix_tuned(e, list(keys.values()))))
     return CoverageReport(missing, None if workload_cold is None else unused(warmup, workload_cold),
                           len(binaries), len(keys))
 
@@ -208,3 +218,117 @@ def _why_tuned(event: AutotuneEvent, warmed: list[AutotuneEvent], warmup: Record
             reasons.append(f"dtype {_short_dtype(event.key_dtypes[name])} vs {_short_dtype(nearest.key_dtypes[name])}"
                            f" in the autotune key ({name})")
     return "; ".join(reasons)
+
+
+# -- fixes: the warmup call that would have provided a missed event -------------------------
+
+_SPEC_FIXES = {"none": "not divisible by 16", "%16": "divisible by 16", "==1": "equal to 1"}
+
+
+def _fix_compiled(event: CompileEvent, warmed: list[CompileEvent], warmup: Recording) -> str:
+    same = _same_kernel(event, warmed)
+    if not same:
+        return f"add a warmup call that reaches {event.kernel}" + (
+            "" if _same_kernel(event, warmup.events) else " (the warmup never ran it)")
+    if any(w.identity == event.identity for w in same):
+        return "warm in the process and on the device that serve (the warmup's binary is not this process's)"
+    nearest = min(same, key=lambda w: len(_compile_diffs(event, w)))
+    hints = []
+    for kind, name in _compile_diffs(event, nearest):
+        if kind == "constexpr":
+            hints.append(f"{name}={event.constexprs.get(name)}")
+        elif kind == "type":
+            hints.append(f"{name} as {event.signature[name]}" if event.signature[name] != "none"
+                         else f"{name}=None")
+        elif kind == "spec":
+            spec = event.specializations[name]
+            if spec in ("aligned", "unaligned"):
+                hints.append(f"{name} {'not ' if spec == 'unaligned' else ''}16-byte aligned")
+            else:
+                value = (event.int_values or {}).get(name)
+                hints.append(f"{name} {_SPEC_FIXES.get(spec, spec)}" + (f" (e.g. {value})" if value is not None else ""))
+        else:
+            hints.append(f"{name}={getattr(event, name)}")
+    return "add a warmup call with " + ", ".join(hints)
+
+
+def _fix_tuned(event: AutotuneEvent, warmed: list[AutotuneEvent]) -> str:
+    same = _same_kernel(event, warmed)
+    if not same:
+        return f"add a warmup call that autotunes {event.kernel} with this key"
+    nearest = min(same, key=lambda w: len(_tune_diffs(event, w)))
+    hints = []
+    for kind, name in _tune_diffs(event, nearest):
+        if kind == "value":
+            hints.append(f"{name}={event.key_values.get(name)}")
+        elif name not in event.key_dtypes:
+            hints.append(f"{name}=None")
+        else:
+            hints.append(f"{name} as {_short_dtype(event.key_dtypes[name])}")
+    return "add a warmup call with " + (", ".join(hints) if hints else "this autotune key")
+
+
+# -- autotune candidates: the binaries an autotuner compiles to benchmark ---------------------
+
+@dataclass(frozen=True)
+class Candidates:
+    """The binaries one autotune key compiled to benchmark its configs.
+
+    ``winner``: the identity of the binary it kept, None when unknown (compile-only mode times
+    nothing). The others lost: the price of autotuning, not waste.
+    """
+
+    tune: AutotuneEvent
+    binaries: tuple  # CompileEvents, in the order compiled
+    winner: str | None
+
+    @property
+    def lost(self) -> list[CompileEvent]:
+        return [b for b in self.binaries if b.identity != self.winner] if self.winner else []
+
+    @property
+    def seconds(self) -> float:
+        return sum(b.seconds or 0.0 for b in self.binaries)
+
+    def describe(self) -> str:
+        won = (f"{len(self.lost)} lost" if self.winner else "winner unknown (compile-only)")
+        return (f"{self.tune.kernel} autotune key ({_key_words(self.tune)}): {len(self.binaries)} candidate "
+                f"binaries, {won}, {self.seconds:.2f}s compiling")
+
+
+def _key_words(tune: AutotuneEvent) -> str:
+    values = ", ".join(f"{k}={v}" for k, v in tune.key_values.items())
+    dtypes = ", ".join(f"{k}:{_short_dtype(v)}" for k, v in tune.key_dtypes.items())
+    return "; ".join(p for p in (values, dtypes) if p)
+
+
+def autotune_candidates(recording: Recording) -> list[Candidates]:
+    """Which compiles of ``recording`` were an autotuner benchmarking its configs.
+
+    An autotuner compiles each config of a new key while it benchmarks (the recorder marks
+    those compiles ``during_autotune``), then reports the key; events are in finishing order,
+    so a kernel's marked compiles up to its autotune event are that key's candidates. The winner is the one whose warps, stages
+    and config kwargs match the autotune event's ``winner``.
+    """
+    groups: list[Candidates] = []
+    pending: dict[tuple, list[CompileEvent]] = {}
+    for event in recording.events:
+        kernel = (event.module, event.kernel)
+        if isinstance(event, CompileEvent):
+            if event.during_autotune:
+                pending.setdefault(kernel, []).append(event)
+            continue
+        binaries = tuple(pending.pop(kernel, []))
+        if binaries:
+            groups.append(Candidates(event, binaries, _winner(event, binaries)))
+    return groups
+
+
+def _winner(tune: AutotuneEvent, binaries: tuple) -> str | None:
+    if tune.winner is None:
+        return None
+    for b in binaries:
+        if (b.num_warps, b.num_stages) == (tune.winner["num_warps"], tune.winner["num_stages"]) and all(
+                b.constexprs.get(k) == v for k, v in tune.winner["kwargs"].items()):
+            return b.identity
+    return None

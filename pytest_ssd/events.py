@@ -46,7 +46,8 @@ class CompileEvent:
     ``int_values``: integer arguments at compile time, None where they could not be read.
     ``target``: e.g. ``cuda:90``. ``source``: ``compiled``, ``disk`` (Triton's on-disk cache:
     a fresh machine would compile it) or ``unknown``. ``compile_only``: recorded under
-    :func:`pytest_ssd.compile_only.compile_only`.
+    :func:`pytest_ssd.compile_only.compile_only`. ``during_autotune``: compiled while an
+    autotuner benchmarked its configs (a candidate, see :func:`pytest_ssd.coverage.autotune_candidates`).
     """
 
     kind: ClassVar[str] = "compile"
@@ -63,6 +64,7 @@ class CompileEvent:
     source: str
     seconds: float | None
     compile_only: bool = False
+    during_autotune: bool = False
 
     @property
     def identity(self) -> str:

@@ -114,17 +114,16 @@ def ssd_assert_close(request, ssd_seed) -> Callable:
 
 @pytest.fixture
 def ssd_coverage_check(request) -> Callable:
-    """``ssd_coverage_check(warm_recording, workload, what=..., cold=None)``: run ``workload()`` and
-    fail if it compiles or autotunes anything, each event explained against the process's warm set.
+    """``ssd_coverage_check(warm_recording, workload, what=...)``: run ``workload()`` in this
+    process and fail if it compiles or autotunes anything, each event explained against this
+    process's warmups.
 
-    ``cold``: a Recording of the same workload from a cold start (see
-    :mod:`pytest_ssd.cold_workload`); with it, warm binaries the workload never needs are filed
-    as unused in the report.
+    In-process, so earlier tests' binaries can hide a miss: for a verdict that cannot be fooled,
+    use ``ssd_verdict`` (a fresh process).
     """
     session = ssd_session(request.config)
 
-    def check(warm, workload: Callable, what: str = "workload", cold=None) -> None:
-        from .coverage import unused
+    def check(warm, workload: Callable, what: str = "workload") -> None:
         from .events import record_triton
         from .triton_compat import jit_dispatch
 
@@ -132,16 +131,33 @@ def ssd_coverage_check(request) -> Callable:
             pytest.skip(session.coverage_skip_reason)
         with record_triton() as rec, jit_dispatch():  # what Triton would compile, launch by launch
             workload()
-        if cold is not None:
-            known = session.report.unused_binaries or []
-            session.report.unused_binaries = known + [e.describe() for e in unused(warm, cold)
-                                                      if e.describe() not in known]
         if rec.events:  # filed here once: the test phase's watcher skips them
             lines = session.file_cold(request.node.nodeid, "call", "failed", rec.events)
             pytest.fail(f"{what}: {len(rec.events)} Triton compile/autotune event(s) after warmup "
                         f"({len(warm.events)} event(s) in the warmup):\n  " + "\n  ".join(lines), pytrace=False)
 
     return check
+
+
+@pytest.fixture
+def ssd_verdict(request) -> Callable:
+    """``ssd_verdict(layer_kwargs, requests=None)`` -> :class:`pytest_ssd.verdict.Verdict`: the
+    warmth verdict of the configured kernel and warmup, from a fresh process.
+
+    ``layer_kwargs``: :func:`pytest_ssd.layer.make_mixer2_layer` arguments (torch dtypes).
+    ``requests``: sequence lengths per request (default ``--ssd-requests``, else the suite's).
+    Fails the test with every cold binary, its reason, what a fresh machine pays, and the
+    warmup calls to add; files the verdict in the report either way.
+    """
+    session = ssd_session(request.config)
+
+    def judge(layer_kwargs: dict, requests=None):
+        verdict = session.judge(request.node.nodeid, layer_kwargs, requests)
+        if not verdict.ok:
+            pytest.fail(verdict.format(), pytrace=False)
+        return verdict
+
+    return judge
 
 
 @pytest.fixture

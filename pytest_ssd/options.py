@@ -67,6 +67,25 @@ def _entry_point(value: str) -> str:
     return text
 
 
+def _requests(value: str) -> tuple:
+    """``"1000,2048,517,3000;17;1,1"`` -> ((1000, 2048, 517, 3000), (17,), (1, 1))."""
+    accepted = "accepted: requests separated by ';', each a comma-separated list of positive sequence lengths"
+    requests = []
+    for part in str(value).split(";"):
+        if not part.strip():
+            continue
+        try:
+            lens = tuple(int(v) for v in part.replace(" ", ",").split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"{accepted} (e.g. 1000,2048,517,3000;17;1,1)") from None
+        if not lens or any(n <= 0 for n in lens):
+            raise ValueError(f"{accepted} (e.g. 1000,2048,517,3000;17;1,1)")
+        requests.append(lens)
+    if not requests:
+        raise ValueError(f"{accepted} (e.g. 1000,2048,517,3000;17;1,1)")
+    return tuple(requests)
+
+
 def _target(value: str) -> str:
     text = str(value).strip().lower()
     if text not in COMPILE_TARGETS:
@@ -125,6 +144,12 @@ OPTIONS = (
            "call style of --ssd-kernel: vllm (packed varlen), mamba_ssm (batched), or auto (from its signature)"),
     Option("warmup", "--ssd-warmup", _entry_point, DEFAULT_WARMUP,
            "warmup for --ssd-kernel, module:callable, called as warmup(layer)"),
+    Option("workload", "--ssd-workload", _entry_point, None,
+           "the engine's own call path for the warmth verdict, module:callable, called as workload(layer, inputs) "
+           "per request (default: the kernel's call variants)"),
+    Option("requests", "--ssd-requests", _requests, None,
+           "request shapes for the warmth verdict: ';'-separated requests of comma-separated sequence lengths "
+           "(default: the suite's)"),
     Option("device", "--ssd-device", _choice(DEVICES), "auto", "where kernels run: auto (cuda if available), cpu, cuda"),
     Option("compile_only", "--ssd-compile-only", _target, None,
            "run the whole session in Triton compile-only mode for this target (e.g. cuda:90): kernels compile, nothing executes"),
@@ -148,6 +173,8 @@ class Settings:
     kernel: str = DEFAULT_KERNEL
     kernel_api: str = "auto"
     warmup: str = DEFAULT_WARMUP
+    workload: Optional[str] = None
+    requests: Optional[tuple] = None
     device: str = "auto"
     compile_only: Optional[str] = None
     persist_autotune: Optional[str] = None
@@ -166,7 +193,7 @@ class Settings:
             "pytest-ssd: " + ", ".join(show(n) for n in ("require_warm", "device", "compile_only", "dtype")),
             f"pytest-ssd: seed={self.seed} ({'given' if self.seed_was_given else 'random'}; "
             f"reproduce with --ssd-seed={self.seed}), kernel={self.kernel} ({self.kernel_api}), warmup={self.warmup}",
-            "pytest-ssd: " + ", ".join(show(n) for n in ("report", "persist_autotune", "max_spike")),
+            "pytest-ssd: " + ", ".join(show(n) for n in ("report", "persist_autotune", "max_spike", "workload")),
         ]
 
 

@@ -51,20 +51,39 @@ class LatencyRecord:
 
 
 @dataclass
+class VerdictRecord:
+    """One warmth verdict (:mod:`pytest_ssd.verdict`): a fresh process's warmup and workload."""
+
+    nodeid: str
+    layer: str  # short: heads x head_dim, dstate, chunk, dtypes
+    kernel: str
+    warmup: str
+    where: str  # "cuda" (real launches) or "compile-only cuda:90"
+    warmup_seconds: float
+    warmup_binaries: int
+    autotune_keys: int
+    calls: int
+    cold: list = field(default_factory=list)  # one explained line per cold event
+    fixes: list = field(default_factory=list)  # the warmup calls to add
+    candidates: list = field(default_factory=list)  # autotune candidate groups, described
+    candidate_binaries: int = 0
+    candidates_lost: Optional[int] = None  # None: winners unknown (compile-only)
+    unused: Optional[list] = None  # warm binaries no request needed; None: not measurable here
+
+
+@dataclass
 class WorkerReport:
     worker: str  # "main" without xdist, else "gw0", ...
     gpu: Optional[str] = None
     warmups: list = field(default_factory=list)  # WarmupRecord
     cold: list = field(default_factory=list)  # ColdRecord
     latency: list = field(default_factory=list)  # LatencyRecord
-    # describe() lines; None until something measured it (it needs a cold recording of the
-    # workload, see pytest_ssd.coverage.compare(workload_cold=...)): unknown is not zero.
-    unused_binaries: Optional[list] = None
+    verdicts: list = field(default_factory=list)  # VerdictRecord
 
     @property
     def recorded_anything(self) -> bool:
-        """Whether this worker warmed, met a cold event, or measured latency."""
-        return bool(self.warmups or self.cold or self.latency)
+        """Whether this worker warmed, met a cold event, measured latency or judged warmth."""
+        return bool(self.warmups or self.cold or self.latency or self.verdicts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +96,7 @@ class WorkerReport:
             warmups=[WarmupRecord(**w) for w in data.get("warmups", [])],
             cold=[ColdRecord(**c) for c in data.get("cold", [])],
             latency=[LatencyRecord(**r) for r in data.get("latency", [])],
-            unused_binaries=data.get("unused_binaries"),
+            verdicts=[VerdictRecord(**v) for v in data.get("verdicts", [])],
         )
 
 
@@ -91,6 +110,7 @@ class SessionReport:
     def totals(self) -> dict:
         warmups = [w for wr in self.workers for w in wr.warmups]
         cold = [c for wr in self.workers for c in wr.cold]
+        verdicts = [v for wr in self.workers for v in wr.verdicts]
         return {
             "workers": len(self.workers),
             "warmups": len(warmups),
@@ -99,8 +119,11 @@ class SessionReport:
             "cold_tests_failed": sum(1 for c in cold if c.outcome == "failed"),
             "cold_events_call": sum(len(c.lines) for c in cold if c.phase == "call"),
             "cold_events_setup": sum(len(c.lines) for c in cold if c.phase == "setup"),
-            "unused_binaries": (None if all(wr.unused_binaries is None for wr in self.workers)
-                                else sum(len(wr.unused_binaries or []) for wr in self.workers)),
+            "verdicts": len(verdicts),
+            "verdicts_cold": sum(1 for v in verdicts if v.cold),
+            "autotune_candidates": sum(v.candidate_binaries for v in verdicts),
+            "unused_binaries": (None if all(v.unused is None for v in verdicts)
+                                else sum(len(v.unused or []) for v in verdicts)),
         }
 
     def to_dict(self) -> dict:
@@ -142,17 +165,34 @@ class SessionReport:
                     f"latency {where} {r.nodeid} {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
                     f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
                 )
-            if wr.unused_binaries:
-                lines.append(f"unused warm binaries {where}: {len(wr.unused_binaries)}")
-                lines.extend("    " + line for line in wr.unused_binaries)
+        lines.extend(self.verdict_lines())
         t = self.totals()
         lines.append(
             f"total: {t['workers']} worker(s), {t['warmups']} warmup(s) {t['warmup_seconds']:.2f}s "
             f"{t['warmup_binaries']} binaries; cold: {t['cold_tests_failed']} test(s) failed, "
             f"{t['cold_events_call']} call-phase and {t['cold_events_setup']} fixture event(s); "
+            + f"verdicts: {t['verdicts']} ({t['verdicts_cold']} cold), {t['autotune_candidates']} autotune "
+            "candidate binaries, "
             + ("unused warm binaries not measured" if t["unused_binaries"] is None
                else f"{t['unused_binaries']} unused warm binaries")
         )
+        return lines
+
+    def verdict_lines(self) -> list:
+        """One line per warmth verdict; then unused warm binaries and the warmup calls to add."""
+        lines = []
+        verdicts = [v for wr in self.workers for v in wr.verdicts]
+        for v in verdicts:
+            lost = "winners unknown" if v.candidates_lost is None else f"{v.candidates_lost} lost"
+            unused = "unused ?" if v.unused is None else f"{len(v.unused)} unused"
+            lines.append(f"verdict {v.layer} [{v.where}]: {'COLD ' + str(len(v.cold)) if v.cold else 'warm'} "
+                         f"after {v.calls} calls; warmup {v.warmup_seconds:.1f}s, {v.warmup_binaries} binaries "
+                         f"({v.candidate_binaries} autotune candidates, {lost}), {unused}")
+            lines.extend(f"    unused: {u}" for u in (v.unused or []))
+        fixes = list(dict.fromkeys(f"{fix} [{v.layer}]" for v in verdicts for fix in v.fixes))
+        if fixes:
+            lines.append("warmup calls to add, per layer config:")
+            lines.extend(f"  {i}. {fix}" for i, fix in enumerate(fixes, 1))
         return lines
 
 

@@ -86,7 +86,8 @@ class SSDSession:
     def __init__(self, settings: Settings, worker: str, gpu: Optional[str]) -> None:
         self.settings = settings
         self.report = WorkerReport(worker=worker, gpu=gpu)
-        self._warm_events: list = []  # every event seen in this process: the warm set
+        self._warm_events: list = []  # what this process's warmups compiled: the warm set
+        self._filed: list = []  # cold events already filed in the report
         self._warmups: dict = {}
         self._kernel = None
         self._warmup_fn: Optional[Callable] = None
@@ -185,36 +186,108 @@ class SSDSession:
         ))
         return rec
 
+    # ---- the warmth verdict ------------------------------------------------------------------
+    def judge(self, nodeid: str, layer_kwargs: dict, requests=None):
+        """The warmth verdict of the configured kernel, warmup and workload for one layer config,
+        from a fresh process (:func:`pytest_ssd.verdict.judge`), filed in the report."""
+        from .adapters import call_variants
+        from .verdict import WorkloadSpec, judge
+
+        s, kernel = self.settings, self.kernel
+        device = "cuda" if self.mode.device == "cuda" and not self.mode.compile_only else "cpu"
+        target = self.mode.coverage_target if device == "cpu" else _gpu_target()
+        if requests is None:
+            from .suite.cases import COVERAGE_REQUESTS
+
+            requests = s.requests or COVERAGE_REQUESTS
+        spec = WorkloadSpec.for_layer(layer_kwargs=layer_kwargs, kernel=kernel.name, api=kernel.api,
+                                      warmup=s.warmup, workload=s.workload, requests=requests,
+                                      variants=call_variants(kernel.fn, kernel.api), device=device, target=target,
+                                      seed=s.seed)
+        verdict = judge(spec)
+        self.report.verdicts.append(_verdict_record(nodeid, verdict))
+        if verdict.cold:
+            from .report import ColdRecord
+
+            self.report.cold.append(ColdRecord(
+                nodeid=nodeid, phase="call", outcome="failed", lines=verdict.cold_lines(),
+                seconds=round(sum(c.miss.event.seconds or 0.0 for c in verdict.cold), 4)))
+        return verdict
+
     def unfiled(self, events: list) -> list:
-        """Drop events already filed: recorded by a warmup or explained by :meth:`absorb`.
+        """Drop events already filed: recorded by a warmup, or filed by :meth:`file_cold`.
 
         Recordings nest (a warmup or a coverage check inside a watched test phase), and each gets
         an equal event for one compile (same fields, same measured time): equality, not identity
         of the objects, tells them apart.
         """
-        return [e for e in events if e not in self._warm_events]
+        return [e for e in events if e not in self._warm_events and e not in self._filed]
 
-    # ---- the warm set and explanations --------------------------------------------------------
+    # ---- cold events and their explanations ---------------------------------------------------
     def file_cold(self, nodeid: str, phase: str, outcome: str, events: list,
                   allow_reason: Optional[str] = None) -> list:
-        """Explain ``events`` (:meth:`absorb`) and file them in the report as one cold record;
+        """Explain ``events`` (:meth:`explain`) and file them in the report as one cold record;
         returns the explanation lines, for the failure message."""
         from .report import ColdRecord
 
-        lines = self.absorb(events)
+        lines = self.explain(events)
+        self._filed.extend(events)
+        if phase == "setup":  # fixtures are where tests warm: what they compile is warm from now on
+            self._warm_events.extend(events)
         self.report.cold.append(ColdRecord(nodeid=nodeid, phase=phase, outcome=outcome, lines=lines,
                                            seconds=round(sum(e.seconds or 0.0 for e in events), 4),
                                            allow_reason=allow_reason))
         return lines
 
-    def absorb(self, events: list) -> list:
-        """Explain cold events against the warm set, then count them as warm from now on.
+    def explain(self, events: list) -> list:
+        """One line per event: the binary, why this process's warmups did not have it, and what a
+        fresh machine pays for it.
 
-        Returns one line per event: the binary and why the warm set did not have it.
+        Explained against the warmups (and what fixtures compiled) only, never against what
+        earlier tests' call phases compiled: those binaries are warm in this process by accident.
         """
         from .coverage import compare
         from .events import Recording
 
         report = compare(Recording(events=list(self._warm_events)), Recording(events=list(events)))
-        self._warm_events.extend(events)
-        return [f"{miss.event.describe()} -- {miss.reason}" for miss in report.missing]
+        return [f"{miss.event.describe()} -- {miss.reason}{_fresh_cost(miss.event)}; fix: {miss.fix}"
+                for miss in report.missing]
+
+
+def _fresh_cost(event) -> str:
+    """What a fresh machine pays for ``event``, where the recording could not measure it."""
+    if getattr(event, "source", None) == "disk":
+        return " (served by Triton's disk cache here: a fresh machine compiles it)"
+    if getattr(event, "source", None) == "persisted":
+        return " (loaded from persisted autotune results here: a fresh machine benchmarks it)"
+    return ""
+
+
+def _gpu_target():
+    """The compile-only target that predicts this GPU's binaries, or None."""
+    import torch
+
+    from .compile_only import TARGETS
+
+    major, minor = torch.cuda.get_device_capability()
+    target = f"cuda:{major}{minor}"
+    return target if target in TARGETS else None
+
+
+def _verdict_record(nodeid: str, verdict):
+    from .report import VerdictRecord
+
+    spec, layer = verdict.spec, verdict.spec.layer
+    short = (f"{layer.get('nheads')}x{layer.get('head_dim')} N={layer.get('ssm_state_size')} "
+             f"L={layer.get('chunk_size')} {layer.get('dtype', 'float32')}/{layer.get('state_dtype', 'float32')}")
+    known = [group for group in verdict.candidates if group.winner is not None]
+    return VerdictRecord(
+        nodeid=nodeid, layer=short, kernel=spec.kernel, warmup=spec.warmup,
+        where="cuda" if spec.device == "cuda" else f"compile-only {spec.target}",
+        warmup_seconds=round(verdict.warmup_seconds, 3), warmup_binaries=len(verdict.warmup.binaries()),
+        autotune_keys=len(verdict.warmup.autotune_keys()), calls=len(verdict.calls),
+        cold=verdict.cold_lines(), fixes=verdict.fixes(), candidates=[g.describe() for g in verdict.candidates],
+        candidate_binaries=sum(len(g.binaries) for g in verdict.candidates),
+        candidates_lost=sum(len(g.lost) for g in known) if known or not verdict.candidates else None,
+        unused=None if verdict.unused is None else [e.describe() for e in verdict.unused],
+    )

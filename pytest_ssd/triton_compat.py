@@ -558,6 +558,7 @@ def _compile_fields(hook_kwargs: dict, pending: _PendingCompile | None) -> dict:
         "target": f"{target.backend}:{target.arch}",
         "source": (pending.source or "unknown") if pending else "unknown",
         "seconds": time.perf_counter() - pending.started if pending else None,
+        "during_autotune": getattr(_local, "benchmarking", 0) > 0,
     }
 
 
@@ -670,7 +671,11 @@ def _prune_configs_spy(prior: Callable, live: _Live) -> Callable:
 
 def _bench_spy(prior: Callable, live: _Live) -> Callable:
     def _bench(self: Any, *args: Any, config: Any, **meta: Any) -> Any:
-        timing = prior(self, *args, config=config, **meta)
+        _local.benchmarking = getattr(_local, "benchmarking", 0) + 1  # compiles in here are candidates
+        try:
+            timing = prior(self, *args, config=config, **meta)
+        finally:
+            _local.benchmarking -= 1
         pending = _pending_tunes().get(id(self)) if live.on else None
         if pending is not None and pending.tuner is self:
             pending.results.append((config, timing))

@@ -143,8 +143,14 @@ def test_placement_rejects_non_worker_ids():
 def test_persisted_caches_show_cold_vs_persisted_warmup(pytester, tmp_path):
     """Two fresh processes share --ssd-persist-autotune DIR: the second warms from disk."""
     cache = tmp_path / "persist"
-    args = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-k", "coverage", "--ssd-dtype", "bf16",
-            "--ssd-compile-only", "cuda:90", f"--ssd-persist-autotune={cache}", "-p", "no:cacheprovider")
+    pytester.makepyfile(test_warm="""
+        import torch
+
+        def test_warm(ssd_warmup, mixer2_layer):
+            ssd_warmup(mixer2_layer(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, dtype=torch.bfloat16))
+    """)
+    args = ("-p", "pytest_ssd", "--ssd-compile-only", "cuda:90", f"--ssd-persist-autotune={cache}",
+            "-p", "no:cacheprovider")
     first = pytester.runpytest_subprocess(*args, f"--ssd-report={tmp_path / 'a.json'}")
     first.assert_outcomes(passed=1)
     second = pytester.runpytest_subprocess(*args, f"--ssd-report={tmp_path / 'b.json'}")

@@ -33,6 +33,12 @@ def warmup_too_much(layer):
     warmup_ssd_kernels(layer, with_z=True)
 
 
+def gated_workload(layer, inputs):
+    # An engine that gates inside the SSD call (z given) on a layer warmed without z.
+    z = torch.randn(inputs.x.shape, dtype=inputs.x.dtype, device=inputs.x.device)
+    ours(out=torch.empty_like(inputs.x), **{**inputs.kernel_kwargs(layer), "z": z})
+
+
 def warmup_without_initial_states(layer):
     # The seed's mistake, half of it: only the HAS_INITSTATES=False binaries get warmed.
     from pytest_ssd.layer import make_ssd_inputs
@@ -50,12 +56,11 @@ def test_suite_passes_on_our_kernel(pytester):
     report = pytester.path / "suite.json"
     result = pytester.runpytest(*SUITE, "--ssd-seed", "3", f"--ssd-report={report}", "-rs")
     result.assert_outcomes(passed=13, skipped=1)  # 12 correctness cases + coverage; latency is GPU-only
-    result.stdout.fnmatch_lines(["*latency is judged on a GPU only*"])
+    result.stdout.fnmatch_lines(["*verdict 80x64 * warm after 28 calls*", "*latency is judged on a GPU only*"])
     data = json.loads(report.read_text())
-    warmups = [w for wr in data["workers"] for w in wr["warmups"]]
-    coverage = [w for w in warmups if "[compile-only " in w["layer"]]
-    assert coverage and coverage[0]["compiles"] >= 4, "compile-only warmup compiled real binaries"
-    assert any("HAS_INITSTATES=True" in b for b in coverage[0]["binaries"])
+    (verdict,) = [v for wr in data["workers"] for v in wr["verdicts"]]
+    assert verdict["where"] == "compile-only cuda:90" and verdict["warmup_binaries"] == 6, verdict
+    assert verdict["cold"] == [] and verdict["unused"] == []
     assert data["totals"]["cold_events_call"] == 0
 
 
@@ -77,32 +82,69 @@ def test_suite_fails_on_skipped_initial_states(pytester):
     result.stdout.fnmatch_lines(["*final_states: * elements outside*"])
 
 
-def test_third_party_kernel_on_cpu_skips_coverage_with_the_reason(pytester):
+def test_third_party_kernel_on_cpu_is_judged_on_real_compiles(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
-    # In a fresh process: in-process, the outer session's already imported kernels hid a crash here.
-    result = pytester.runpytest_subprocess(*SUITE, "--ssd-kernel", "broken:skips_initial_states", "-k", "coverage",
-                                           "-rs")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*runs under Triton's interpreter on CPU, where nothing compiles*--ssd-compile-only*"])
+    # Numerics run under the interpreter in this session; the verdict's fresh process compiles
+    # for real (compile-only), so the kernel's warmth is still judged.
+    report = pytester.path / "r.json"
+    result = pytester.runpytest_subprocess(*SUITE, "--ssd-kernel", "broken:skips_initial_states",
+                                           "--ssd-warmup", "pytest_ssd.warmup:warmup_ssd_kernels", "-k", "coverage",
+                                           f"--ssd-report={report}")
+    result.assert_outcomes(passed=1)
+    (verdict,) = json.loads(report.read_text())["workers"][0]["verdicts"]
+    # It drops initial states, so its requests never need the HAS_INITSTATES=True binaries.
+    assert verdict["unused"] and all("HAS_INITSTATES=True" in line for line in verdict["unused"]), verdict
 
 
 def test_suite_fails_on_a_warmup_that_skips_has_initstates_true(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
-    # A fresh process: in this one, earlier tests may already hold the kernel's binaries in memory.
     report = pytester.path / "r.json"
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_without_initial_states",
                                            "-k", "coverage", f"--ssd-report={report}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "*Triton compile/autotune event(s) after warmup*",
-        "*HAS_INITSTATES=True*never warmed (warmup had False)*",
+        "*COLD: 2 Triton compile/autotune event(s) in 28 calls after the warmup, in a fresh process*",
+        "*HAS_INITSTATES=True*never warmed (warmup had False)*-- a fresh machine pays *s (compile-only)",
+        "*paid by: seqlens ?1? (1 tokens), initial_states=True, returned",
+        "*fix: add a warmup call with HAS_INITSTATES=True, initial_states_ptr as *fp32",
+        "Warmup calls to add:",
+        "*1. a call like seqlens ?1? (1 tokens), initial_states=True, returned: 2 event(s); needs HAS_INITSTATES=True*",
     ])
     # Filed once, with the right reason: the watched call phase does not file the same events again.
     (cold,) = [c for w in json.loads(report.read_text())["workers"] for c in w["cold"]]
-    assert cold["outcome"] == "failed" and cold["lines"]
+    assert cold["outcome"] == "failed" and len(cold["lines"]) == 2
     assert all("never warmed (warmup had False)" in line for line in cold["lines"]), cold["lines"]
+
+
+def test_each_dtype_is_judged_alone(pytester):
+    # The state-passing binary does not depend on the model dtype (fp32 states): in one process
+    # the fp32 test's workload would compile it and the fp16 test would look warm. Each verdict
+    # has a process of its own, so both name it.
+    pytester.makepyfile(broken=BROKEN)
+    pytester.syspathinsert()
+    report = pytester.path / "r.json"
+    result = pytester.runpytest_subprocess(*SUITE[:-4], "--ssd-dtype", "fp32,fp16", "--ssd-device", "cpu",
+                                           "--ssd-warmup", "broken:warmup_without_initial_states",
+                                           "-k", "coverage", f"--ssd-report={report}")
+    result.assert_outcomes(failed=2)
+    verdicts = json.loads(report.read_text())["workers"][0]["verdicts"]
+    assert [v["layer"].split()[-1] for v in verdicts] == ["float32/float32", "float16/float32"]
+    for v in verdicts:
+        kernels = sorted(line.split("[")[0] for line in v["cold"])
+        assert kernels == ["_chunk_scan_kernel", "_state_passing_kernel"], v["cold"]
+        assert all("HAS_INITSTATES=True never warmed" in line and " vs *" not in line for line in v["cold"])
+
+
+def test_a_workload_of_ones_own_is_judged(pytester):
+    pytester.makepyfile(broken=BROKEN)
+    pytester.syspathinsert()
+    result = pytester.runpytest_subprocess(*SUITE, "--ssd-workload", "broken:gated_workload", "-k", "coverage",
+                                           "--ssd-requests", "17;256,3")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*in 4 calls after the warmup*", "*HAS_Z=True never warmed (warmup had False)*",
+                                 "*paid by: seqlens ?17? (17 tokens), initial_states=False, workload"])
 
 
 def test_unused_warm_binaries_are_reported(pytester):
@@ -112,7 +154,8 @@ def test_unused_warm_binaries_are_reported(pytester):
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_too_much", "-k", "coverage",
                                            f"--ssd-report={report}")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*unused warm binaries main: 2*", "*_chunk_scan_kernel*HAS_Z=True*"])
+    result.stdout.fnmatch_lines(["*warm after 28 calls*0 autotune candidates*2 unused",
+                                 "*unused: _chunk_scan_kernel*HAS_Z=True*"])
     data = json.loads(report.read_text())
     assert data["totals"]["unused_binaries"] == 2
-    assert all("HAS_Z=True" in line for line in data["workers"][0]["unused_binaries"])
+    assert all("HAS_Z=True" in line for line in data["workers"][0]["verdicts"][0]["unused"])

@@ -1,0 +1,40 @@
+"""Deliberately incomplete warmups of vLLM's SSD kernels, each missing one path vLLM serves.
+
+Our own calls into vLLM's released entry point (nothing of vLLM's code is copied): one chunk of
+randn input per call, like vLLM's warmup, with one combination left out.
+"""
+import torch
+
+from pytest_ssd.adapters import _state_cache
+from pytest_ssd.layer import make_ssd_inputs
+
+ENTRY = "vllm.model_executor.layers.mamba.ops.ssd_combined:mamba_chunk_scan_combined_varlen"
+
+
+def _call(layer, initial_states: bool, final_states_out: bool) -> None:
+    from vllm.model_executor.layers.mamba.ops.ssd_combined import mamba_chunk_scan_combined_varlen
+
+    inputs = make_ssd_inputs(layer, [layer.chunk_size], seed=0, with_initial_states=initial_states)
+    kwargs = inputs.kernel_kwargs(layer)
+    if final_states_out:
+        cache, slots = _state_cache(layer, inputs)
+        kwargs.update(final_states_out=cache, final_state_indices=slots)
+    mamba_chunk_scan_combined_varlen(out=torch.empty_like(inputs.x), **kwargs)
+
+
+def warm_without_initial_states(layer) -> None:
+    """vLLM's warmup less ``HAS_INITSTATES=True``: the failure mode of TensorRT-LLM#16177."""
+    for final in (False, True):
+        _call(layer, False, final)
+
+
+def warm_without_final_states_out(layer) -> None:
+    """vLLM's warmup less ``final_states_out=`` (constexpr HAS_FINAL_STATES=True): the serving path."""
+    for init in (False, True):
+        _call(layer, init, False)
+
+
+def warm_only_final_states_out(layer) -> None:
+    """Only the serving path: the returned-states path stays cold."""
+    for init in (False, True):
+        _call(layer, init, True)
