@@ -142,6 +142,18 @@ BAD_INPUTS = [
     ("dt_limit pair", lambda kw: dict(kw, dt_limit=(0.1,)), r"^dt_limit: expected a pair"),
     ("chunk_size float", lambda kw: dict(kw, chunk_size=16.0), r"^chunk_size: expected a power of two"),
     ("dt not a tensor", lambda kw: dict(kw, dt=kw["dt"].numpy()), r"^dt: expected a torch.Tensor"),
+    ("chunk_size huge", lambda kw: dict(kw, chunk_size=2**22), r"^chunk_size: expected a power of two >= 16 and <= 1024"),
+    ("dt_softplus str", lambda kw: dict(kw, dt_softplus="no"), r"^dt_softplus: expected True or False, got 'no'"),
+    ("dt_softplus int", lambda kw: dict(kw, dt_softplus=1), r"^dt_softplus: expected True or False"),
+    ("return_intermediate_states", lambda kw: dict(kw, return_intermediate_states=None),
+     r"^return_intermediate_states: expected True or False"),
+    ("out is x", lambda kw: dict(kw, out=kw["x"]), r"^out: shares memory with x"),
+    ("out inside z", lambda kw: dict(kw, out=kw["z"].view(-1)[:kw["x"].numel()].view(kw["x"].shape)),
+     r"^out: shares memory with z"),
+    ("out over B", lambda kw: dict(kw, B=kw["out"].view(-1)[:kw["B"].numel()].view(kw["B"].shape)),
+     r"^out: shares memory with B"),
+    ("requires grad", lambda kw: dict(kw, x=kw["x"].requires_grad_()), r"^x: requires grad, but this kernel is forward-only"),
+    ("A requires grad", lambda kw: dict(kw, A=kw["A"].clone().requires_grad_()), r"^A: requires grad"),
 ]
 
 
@@ -162,7 +174,7 @@ def test_bad_input_raises_before_any_launch(name, mutate, message, mixer2_layer,
     # reject (metadata contents are checked after both).
     positional = [bad[k] for k in ("x", "dt", "A", "B", "C", "out", "D", "z", "dt_bias", "initial_states")]
     rest = (tuple(bad[k] for k in combined.METADATA_NAMES), bad["chunk_size"], bad.get("dt_limit", (0.0, math.inf)),
-            bad.get("state_dtype"))
+            bad.get("state_dtype"), bad.get("dt_softplus", False), bad.get("return_intermediate_states", False))
     try:
         full = combined._validate(*positional, *rest)
     except ValueError:
