@@ -79,6 +79,9 @@ def compare(warmup: Recording, workload: Recording, workload_cold: Recording | N
 
     ``workload_cold``: the same workload recorded from a cold start; enables ``unused``.
     """
+    for name, rec in (("warmup", warmup), ("workload", workload), ("workload_cold", workload_cold or Recording())):
+        if not isinstance(rec, Recording):
+            raise TypeError(f"compare: {name} must be a pytest_ssd.events.Recording, got {type(rec).__name__}")
     binaries, keys = warmup.binaries(), warmup.autotune_keys()
     missing = [Miss(e, _why_compiled(e, list(binaries.values()), warmup) if isinstance(e, CompileEvent)
                     else _why_tuned(e, list(keys.values()), warmup)) for e in workload.events]
