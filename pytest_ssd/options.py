@@ -87,7 +87,7 @@ def _ratio(value: str) -> float:
         ratio = float(value)
     except (TypeError, ValueError):
         raise ValueError("accepted: a number > 1 (first call / steady state)") from None
-    if not ratio > 1.0:
+    if not 1.0 < ratio < float("inf"):
         raise ValueError("accepted: a number > 1 (first call / steady state)")
     return ratio
 
