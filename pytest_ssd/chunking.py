@@ -161,7 +161,7 @@ class SealedStore:
     def __init__(self, size: int = 64) -> None:
         self._size = size
         self._entries: dict = {}  # key -> (weak refs of the caller's tensors, SealedMetadata)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a weakref callback may run (GC) while seal() holds it
 
     @staticmethod
     def _key(tensors: tuple, chunk_size: int, total_tokens: int) -> tuple:
