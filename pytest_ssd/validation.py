@@ -100,9 +100,10 @@ def check_no_overlap(name: str, tensor: torch.Tensor, others: dict) -> None:
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the byte ranges of two contiguous tensors intersect (empty tensors never do)."""
+    """Whether the byte ranges of two contiguous tensors intersect (empty tensors, and tensors
+    with no memory such as "meta" ones, never do)."""
     a0, b0 = a.data_ptr(), b.data_ptr()
-    return a.nbytes > 0 and b.nbytes > 0 and a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+    return bool(a0 and b0) and a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
 
 
 def check_same_device(tensors: dict) -> torch.device:

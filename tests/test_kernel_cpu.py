@@ -154,6 +154,7 @@ BAD_INPUTS = [
      r"^out: shares memory with B"),
     ("requires grad", lambda kw: dict(kw, x=kw["x"].requires_grad_()), r"^x: requires grad, but this kernel is forward-only"),
     ("A requires grad", lambda kw: dict(kw, A=kw["A"].clone().requires_grad_()), r"^A: requires grad"),
+    ("out requires grad", lambda kw: dict(kw, out=kw["out"].requires_grad_()), r"^out: requires grad"),
 ]
 
 

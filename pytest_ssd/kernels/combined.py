@@ -211,8 +211,8 @@ def _validate(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chun
     check_no_overlap("out", out, {"x": x, "dt": dt, "A": A, "B": B, "C": C, "z": z, "dt_bias": dt_bias, "D": D,
                                   "initial_states": initial_states})
     if torch.is_grad_enabled():
-        for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("z", z), ("dt_bias", dt_bias),
-                        ("D", D), ("initial_states", initial_states)):
+        for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("out", out), ("z", z),
+                        ("dt_bias", dt_bias), ("D", D), ("initial_states", initial_states)):
             if t is not None and t.requires_grad:
                 raise ValueError(
                     f"{name}: requires grad, but this kernel is forward-only (no backward: the gradient would be "
@@ -253,7 +253,7 @@ def _fast_sizes(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, ch
         if start % ALIGNMENT or (start < out_end and out_start < start + t.nbytes) or (grad and t.requires_grad):
             return None
     if not (isinstance(out, torch.Tensor) and out.device == device and out.is_contiguous()
-            and out_start % ALIGNMENT == 0):
+            and out_start % ALIGNMENT == 0 and not (grad and out.requires_grad)):
         return None
     for t in metadata:
         if not (isinstance(t, torch.Tensor) and t.device == device and t.dtype in (torch.int32, torch.int64)):
