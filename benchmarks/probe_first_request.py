@@ -217,11 +217,11 @@ def host_pieces() -> dict:
             pass
 
     steps = {
-        "argument checks (_fast_sizes)": lambda: combined._fast_sizes(*tensors, meta, 256, (0.0, math.inf), None),
+        "argument checks (_fast_sizes)": lambda: combined._fast_sizes(*tensors, meta, 256, (0.0, math.inf), None,
+                                                                       layer.dt_softplus, False),
         "launch plans (key + cache)": lambda: combined._PLANS.get(key),
         "device guard": guard,
-        "metadata known good": lambda: chunking.CHECKED_METADATA.seen(meta, 256, T),
-        "metadata as int32 (x3)": lambda: [combined._normalized_int32(t) for t in meta[1:]],
+        "metadata: its sealed copy (lookup)": lambda: chunking.SEALED.lookup(meta, 256, T),
         "workspace (1 alloc, 4 views)": lambda: plans.workspace.carve(nchunks, device),
         "stream lookup (with the launch-hook check)": lambda: combined._LAUNCHER.stream(device.index),
     }

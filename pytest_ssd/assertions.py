@@ -6,6 +6,7 @@ kernel's result always fails, whatever the tolerance.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -16,8 +17,17 @@ from .validation import dtype_name
 
 @dataclass(frozen=True)
 class Tolerance:
+    """Allowed error ``atol + rtol * |reference|``; both finite and >= 0 (a NaN or infinite one
+    would pass any finite output)."""
+
     atol: float
     rtol: float
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"Tolerance {name}: expected a finite number >= 0, got {value!r}")
 
 
 # At least as tight as vLLM's SSD tests (fp32 8e-3/5e-3, bf16 5e-2/5e-2); fp16 has 3 more
@@ -34,6 +44,12 @@ def tolerance_for(dtype: torch.dtype) -> Tolerance:
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype: expected one of {list(TOLERANCES)}, got {dtype}")
     return TOLERANCES[dtype]
+
+
+def _checked_tolerance(name: str, tol: object) -> Tolerance:
+    if not isinstance(tol, Tolerance):
+        raise ValueError(f"{name}: expected a pytest_ssd.assertions.Tolerance(atol=..., rtol=...), got {tol!r}")
+    return tol
 
 
 def _sequence_of(token: int, cu_seqlens: Optional[Sequence[int]]) -> str:
@@ -94,21 +110,34 @@ def assert_ssd_close(
     cu_seqlens: Optional[torch.Tensor] = None,
     tol: Optional[Tolerance] = None,
     state_tol: Optional[Tolerance] = None,
+    state_dtype: Optional[torch.dtype] = None,
 ) -> None:
     """Assert the whole output (T, H, P) and final states (S, H, P, N) match the reference.
 
-    ``dtype`` is the model dtype and picks the tolerance (:data:`TOLERANCES`); states are
-    compared with ``state_tol`` (default: the same tolerance). ``seed`` (int or text saying how
-    to reproduce) is printed in the failure message.
+    ``dtype`` is the model dtype: ``out`` must have it, and it picks the tolerance
+    (:data:`TOLERANCES`); ``state_dtype``, when given, is the dtype ``final_states`` must have.
+    States are compared with ``state_tol`` (default: the same tolerance); states on one side only
+    fail. ``seed`` (int or text saying how to reproduce) is printed in the failure message.
+    Raises ``ValueError`` for a bad ``dtype`` or tolerance, ``AssertionError`` on a mismatch.
     """
-    tol = tol or tolerance_for(dtype)
+    tol = tolerance_for(dtype) if tol is None else _checked_tolerance("tol", tol)
+    state_tol = tol if state_tol is None else _checked_tolerance("state_tol", state_tol)
+    for name, t in (("out", out), ("ref_out", ref_out)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     offsets = None if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
-    problems = [mismatch_report("out", out, ref_out, tol, token_axis=0, cu_seqlens=offsets)]
-    if ref_final_states is not None:
-        if final_states is None:
-            problems.append("final_states: kernel returned None, reference has states")
-        else:
-            problems.append(mismatch_report("final_states", final_states, ref_final_states, state_tol or tol))
+    problems = []
+    if out.dtype != dtype:  # a kernel that writes another dtype than the model's is wrong, however close
+        problems.append(f"out: dtype {dtype_name(out.dtype)}, expected the model dtype {dtype_name(dtype)}")
+    if state_dtype is not None and final_states is not None and final_states.dtype != state_dtype:
+        problems.append(f"final_states: dtype {dtype_name(final_states.dtype)}, expected {dtype_name(state_dtype)}")
+    problems.append(mismatch_report("out", out, ref_out, tol, token_axis=0, cu_seqlens=offsets))
+    if (ref_final_states is None) != (final_states is None):
+        kernel_side = "returned None" if final_states is None else "returned states"
+        ref_side = "has none" if ref_final_states is None else "has states"
+        problems.append(f"final_states: the kernel {kernel_side}, the reference {ref_side}; compare both or neither")
+    elif ref_final_states is not None:
+        problems.append(mismatch_report("final_states", final_states, ref_final_states, state_tol))
     problems = [p for p in problems if p]
     if problems:
         seed_line = f"\nseed: {seed}" if seed is not None else ""

@@ -8,10 +8,10 @@ sequence of each chunk) and ``last_chunk_indices=[0, 2]`` (each sequence's last 
 """
 from __future__ import annotations
 
+import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -58,20 +58,19 @@ def chunk_offsets(seqlens: Sequence[int], chunk_size: int) -> tuple:
 
 
 def chunk_metadata(cu_seqlens: torch.Tensor, chunk_size: int) -> ChunkMetadata:
-    """Build :class:`ChunkMetadata` from ``cu_seqlens`` (S+1,) and a power-of-two ``chunk_size``."""
-    offsets = check_cu_seqlens(cu_seqlens, None)  # T is whatever it ends at
+    """Build :class:`ChunkMetadata` from ``cu_seqlens`` (S+1,) and a power-of-two ``chunk_size``.
+
+    Limits: every offset, hence T, fits int32 (``T <= 2**31 - 1``); ``chunk_size`` is a power of
+    two (the bundled kernel takes 16 to :data:`pytest_ssd.validation.MAX_CHUNK_SIZE`).
+    """
+    offsets = check_cu_seqlens(cu_seqlens, None)  # T is whatever it ends at (within int32)
     seqlens = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
-    cu_chunks, seq_idx, last = chunk_offsets(seqlens, chunk_size)  # checks chunk_size
-    device = cu_seqlens.device
-
-    def as_tensor(values: list) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int32, device=device)
-
-    meta = ChunkMetadata(as_tensor(cu_chunks), as_tensor(seq_idx), as_tensor(last))
-    # Built from cu_seqlens here, so right by construction: the kernel need not read it back.
-    CHECKED_METADATA.remember((cu_seqlens, meta.cu_chunk_seqlens, meta.seq_idx, meta.last_chunk_indices),
-                              chunk_size, offsets[-1])
-    return meta
+    lists = chunk_offsets(seqlens, chunk_size)  # checks chunk_size
+    # One host-to-device copy for the three tensors (views of one buffer, each 16-byte aligned),
+    # and a device-side clone that only the kernel reads: what it was built from is what it runs.
+    buffer, handed_out = packed_int32(lists, cu_seqlens.device)
+    SEALED.seal((cu_seqlens, *handed_out), chunk_size, offsets[-1], _views_like(buffer.clone(), handed_out))
+    return ChunkMetadata(*handed_out)
 
 
 def check_chunk_metadata(
@@ -111,33 +110,89 @@ def check_chunk_offsets(offsets: list, chunk_size: int, cu_chunk_seqlens: list, 
             )
 
 
-class CheckedMetadata:
-    """Metadata tensors known to agree with their ``cu_seqlens``: built by :func:`chunk_metadata`,
-    or checked by the kernel once (a device-to-host copy the GPU idles behind). A model passes
-    one batch's metadata to every layer, so a batch pays that copy at most once, and a batch
-    built with :func:`chunk_metadata` never.
+def packed_int32(lists: Sequence[list], device: torch.device) -> tuple:
+    """``(buffer, views)``: the int32 lists as contiguous views of one new tensor on ``device``,
+    each view 16-byte aligned (one host-to-device copy for all of them)."""
+    starts, total = [], 0
+    for values in lists:
+        starts.append(total)
+        total += -(-max(len(values), 1) // _ALIGN_INT32) * _ALIGN_INT32
+    flat = [0] * total
+    for start, values in zip(starts, lists):
+        flat[start:start + len(values)] = values
+    buffer = torch.tensor(flat, dtype=torch.int32).to(device)
+    return buffer, tuple(buffer[start:start + len(values)] for start, values in zip(starts, lists))
 
-    A hit needs the very same tensor objects (held by weak reference, so a freed tensor whose
-    memory is reused never matches) at the same ``_version`` (bumped by any in-place write).
+
+def _views_like(buffer: torch.Tensor, views: tuple) -> tuple:
+    """``views``' slices of another buffer of the same layout (a clone of theirs)."""
+    return tuple(buffer[v.storage_offset():v.storage_offset() + v.numel()] for v in views)
+
+
+_ALIGN_INT32 = 4  # int32 elements per 16 bytes
+
+
+class SealedMetadata(NamedTuple):
+    """The chunk metadata the bundled kernel reads: int32, aligned, on the kernel's device, and
+    private (no caller holds these tensors), so no write after the check can reach the kernels."""
+
+    cu_chunk_seqlens: torch.Tensor  # (C+1,)
+    seq_idx: torch.Tensor  # (C,)
+    last_chunk_indices: torch.Tensor  # (S,)
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """``t._version``, or None for an inference tensor (it has no version counter)."""
+    return None if t.is_inference() else t._version
+
+
+class SealedStore:
+    """Private checked copies of the metadata of recent batches, by the caller's tensors.
+
+    A model passes one batch's metadata to every layer: the kernel checks it once (one small
+    device-to-host copy, or none when :func:`chunk_metadata` built it) and keeps what it checked
+    as a :class:`SealedMetadata`. Later calls with the very same tensor objects (held by weak
+    reference: a freed tensor's id never matches) at the same ``_version`` (bumped by in-place
+    writes through torch ops), the same T, S, C and chunk size use that copy. Writes that bypass the version counter (``.data``,
+    ``.numpy()``, DLPack, another kernel, any in-place write to an inference tensor) are not
+    seen; they cannot reach the kernels either, which read only the private copy.
     """
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
-        self._entries: "OrderedDict[tuple, tuple]" = OrderedDict()
+        self._entries: dict = {}  # key -> (weak refs of the caller's tensors, SealedMetadata)
+        self._lock = threading.RLock()  # a weakref callback may run (GC) while seal() holds it
 
     @staticmethod
     def _key(tensors: tuple, chunk_size: int, total_tokens: int) -> tuple:
-        return tuple((id(t), t._version) for t in tensors) + (chunk_size, total_tokens)
+        # The sizes too: ``t.data = other`` swaps a tensor's memory and shape with no version bump,
+        # and the kernels' grids and outputs take S and C from the caller's tensors.
+        return (tuple((id(t), _version(t)) for t in tensors)
+                + (chunk_size, total_tokens, tensors[-1].shape[0], tensors[2].shape[0]))
 
-    def seen(self, tensors: tuple, chunk_size: int, total_tokens: int) -> bool:
-        """True if ``(cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)`` is known good."""
-        refs = self._entries.get(self._key(tensors, chunk_size, total_tokens))
-        return refs is not None and all(ref() is t for ref, t in zip(refs, tensors))
+    def lookup(self, tensors: tuple, chunk_size: int, total_tokens: int) -> Optional[SealedMetadata]:
+        """The sealed copy of ``(cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)`` for
+        these tensors as they are now (same objects, versions, sizes), or None."""
+        entry = self._entries.get(self._key(tensors, chunk_size, total_tokens))
+        if entry is None or not all(ref() is t for ref, t in zip(entry[0], tensors)):
+            return None
+        return entry[1]
 
-    def remember(self, tensors: tuple, chunk_size: int, total_tokens: int) -> None:
-        self._entries[self._key(tensors, chunk_size, total_tokens)] = tuple(weakref.ref(t) for t in tensors)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+    def seal(self, tensors: tuple, chunk_size: int, total_tokens: int, sealed: tuple) -> SealedMetadata:
+        """Keep ``sealed`` (a private copy of what was checked) for the caller's ``tensors``."""
+        key = self._key(tensors, chunk_size, total_tokens)
+        sealed = SealedMetadata(*sealed)
+
+        def forget(_ref: Any) -> None:  # any of the caller's tensors died: its id may be reused
+            with self._lock:
+                self._entries.pop(key, None)
+
+        refs = tuple(weakref.ref(t, forget) for t in tensors)
+        with self._lock:
+            self._entries[key] = (refs, sealed)
+            while len(self._entries) > self._size:
+                self._entries.pop(next(iter(self._entries)))
+        return sealed
 
 
-CHECKED_METADATA = CheckedMetadata()
+SEALED = SealedStore()

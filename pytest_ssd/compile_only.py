@@ -22,6 +22,7 @@ cache (``cache_results``, 3.4+) is read inside the block but written only with
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -70,6 +71,11 @@ def _no_launch(*_: Any, **__: Any) -> None:
     pass
 
 
+class CompileOnlyThreadWarning(UserWarning):
+    """A thread that did not enter ``compile_only`` launched a kernel while it was active: the
+    driver is process-wide, so that launch compiled and ran nothing (its outputs are unwritten)."""
+
+
 class _FakeDriver:
     """Enough of a Triton driver to compile for ``target`` and launch nothing."""
 
@@ -83,6 +89,8 @@ class _FakeDriver:
         self.launcher_cls = lambda _src, _metadata: _no_launch
 
     def get_current_device(self) -> str:
+        # Triton asks on every launch: the place to notice a launch from a thread outside the block.
+        _warn_if_foreign_thread()
         return self.device
 
     def set_current_device(self, _device: Any) -> None:
@@ -105,6 +113,8 @@ class _FakeDriver:
 
 _lock = threading.Lock()
 _depth = 0
+_owners: dict[int, int] = {}  # thread id -> depth of its compile_only blocks
+_warned: set[int] = set()  # threads warned during the active block
 _settings: tuple[str, bool] | None = None  # (target, persist_autotune) of the active block
 _exit_stack: ExitStack | None = None
 # Autotune results reached in compile-only mode, per autotuner and target, kept out of the
@@ -130,7 +140,10 @@ def active_target() -> str | None:
 def compile_only(target: str = "cuda:90", *, persist_autotune: bool = False) -> Iterator[None]:
     """Compile for ``target`` (``cuda:80``, ``cuda:90``, ``cuda:100``, ``hip:gfx942``), run nothing.
 
-    Process-wide (Triton's driver is global). Blocks nest only with the same settings.
+    Process-wide (Triton's driver is global). Blocks nest only with the same settings. A thread
+    that launches a kernel while another thread's block is active gets a
+    :class:`CompileOnlyThreadWarning` (once per block): its launch compiled and ran nothing.
+    Threads meant to compile enter the block themselves (same settings), which nests.
     ``cuda:100`` needs Triton >= 3.3 (its ptxas); ``hip:gfx942`` needs a Triton that bundles
     ``ld.lld`` (3.5+) or ``TRITON_HIP_LLD_PATH``. ``persist_autotune=True`` lets autotuners
     with ``cache_results`` write their (fake) results: only for a cache dir of its own.
@@ -138,7 +151,10 @@ def compile_only(target: str = "cuda:90", *, persist_autotune: bool = False) -> 
     global _depth, _settings, _exit_stack
     if target not in _TARGETS:
         raise ValueError(f"compile_only target must be one of {', '.join(TARGETS)}; got {target!r}")
+    if not isinstance(persist_autotune, bool):
+        raise ValueError(f"compile_only persist_autotune: expected True or False, got {persist_autotune!r}")
     settings = (target, persist_autotune)
+    me = threading.get_ident()
     with _lock:
         if _depth and _settings != settings:
             raise RuntimeError(f"compile_only{settings} inside compile_only{_settings}: one setting at a time")
@@ -146,14 +162,32 @@ def compile_only(target: str = "cuda:90", *, persist_autotune: bool = False) -> 
             _exit_stack = _enter(target, persist_autotune)
             _settings = settings
         _depth += 1
+        _owners[me] = _owners.get(me, 0) + 1
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
+            _owners[me] -= 1
+            if not _owners[me]:
+                del _owners[me]
             if not _depth:
                 stack, _exit_stack, _settings = _exit_stack, None, None
+                _warned.clear()
                 stack.close()
+
+
+def _warn_if_foreign_thread() -> None:
+    me = threading.get_ident()
+    if me in _owners or me in _warned:
+        return
+    _warned.add(me)
+    target = active_target()
+    warnings.warn(CompileOnlyThreadWarning(
+        f"thread {threading.current_thread().name!r} launched a Triton kernel while compile_only({target!r}) "
+        f"was active on another thread: the driver is process-wide, so the launch compiled and ran nothing and "
+        f"its outputs are unwritten; enter compile_only in this thread too, or launch after the block"
+    ), stacklevel=2)
 
 
 def _enter(target: str, persist_autotune: bool) -> ExitStack:

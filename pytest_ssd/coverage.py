@@ -81,9 +81,9 @@ def compare(warmup: Recording, workload: Recording, workload_cold: Recording | N
 
     ``workload_cold``: the same workload recorded from a cold start; enables ``unused``.
     """
-    for name, value in (("warmup", warmup), ("workload", workload)):
-        if not isinstance(value, Recording):
-            raise TypeError(f"{name}: expected a pytest_ssd.events.Recording, got {type(value).__name__}")
+    for name, rec in (("warmup", warmup), ("workload", workload), ("workload_cold", workload_cold or Recording())):
+        if not isinstance(rec, Recording):
+            raise TypeError(f"compare: {name} must be a pytest_ssd.events.Recording, got {type(rec).__name__}")
     binaries, keys = warmup.binaries(), warmup.autotune_keys()
     missing = []
     for e in workload.events:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterator, Union
@@ -157,11 +158,40 @@ def event_from_dict(data: dict) -> Event:
     return _EVENT_TYPES[kind](**fields)
 
 
+class RecorderHookWarning(UserWarning):
+    """Something replaced one of the recorder's Triton hooks while a recording was open; the
+    recorder chained itself in front of it again (see ``Recording.hook_changes``)."""
+
+
+@dataclass(frozen=True)
+class UnrecordedBinaries:
+    """A kernel whose in-memory JIT caches grew by more binaries during a recording than the
+    recorder's hooks reported: someone replaced every hook of ours without chaining it."""
+
+    kernel: str
+    module: str
+    binaries: int  # growth of the kernel's JIT caches over the recording
+    reported: int  # compile events the hooks reported for it
+
+    def describe(self) -> str:
+        return (f"{self.module}.{self.kernel}: its JIT cache grew by {self.binaries} binar"
+                f"{'y' if self.binaries == 1 else 'ies'}, the hooks reported {self.reported} compile(s)")
+
+
 @dataclass
 class Recording:
-    """Events of one ``record_triton()`` block (or loaded from JSON), in the order they finished."""
+    """Events of one ``record_triton()`` block (or loaded from JSON), in the order they finished.
+
+    Two checks on the recorder itself, filled when the block ends (not saved in JSON):
+    ``hook_changes``, one note per hook of ours that something replaced during the block (each
+    also a :class:`RecorderHookWarning`); ``unrecorded``, the kernels whose JIT caches grew by
+    more binaries than the hooks reported (:class:`UnrecordedBinaries`). A recording with
+    ``unrecorded`` entries missed compiles: its events cannot prove anything warm.
+    """
 
     events: list[Event] = field(default_factory=list)
+    hook_changes: list[str] = field(default_factory=list, compare=False)
+    unrecorded: list[UnrecordedBinaries] = field(default_factory=list, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def add(self, event: Event) -> None:
@@ -223,7 +253,9 @@ def record_triton() -> Iterator[Recording]:
     """Record every Triton JIT miss and autotune benchmark in this process while the block runs.
 
     Hooks already installed (torch's, vLLM's) keep working and are back after the block, also
-    when it raises. Safe across threads; nested blocks each get every event.
+    when it raises. Safe across threads; nested blocks each get every event. A hook assigned
+    over ours while the block runs is chained again and reported (``Recording.hook_changes``, a
+    :class:`RecorderHookWarning`); compiles that no hook reported show in ``Recording.unrecorded``.
     """
     recording = Recording()
 
@@ -236,8 +268,15 @@ def record_triton() -> Iterator[Recording]:
             fields = {**fields, "winner": None}
         recording.add(AutotuneEvent(**fields, compile_only=compile_only))
 
-    stop = triton_compat.observe_triton(on_compile=on_compile, on_autotune=on_autotune)
+    def on_hook_change(note: str) -> None:
+        with recording._lock:
+            recording.hook_changes.append(note)
+
+    stop = triton_compat.observe_triton(on_compile=on_compile, on_autotune=on_autotune,
+                                        on_hook_change=on_hook_change, watch_caches=True)
     try:
         yield recording
     finally:
-        stop()
+        recording.unrecorded.extend(UnrecordedBinaries(**found) for found in stop())
+        for note in recording.hook_changes:
+            warnings.warn(RecorderHookWarning(note), stacklevel=3)

@@ -8,6 +8,7 @@ with CUDA events on a GPU and the wall clock on CPU; it reports the median and t
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,23 @@ class LatencyResult:
                 f"{self.first_call_autotunes} autotunes [{self.timer}]{note}{events}")
 
 
+def _check_input_sets(input_sets: object) -> None:
+    """A list (or tuple) of argument tuples: ``[(x, out), (x2, out2)]``. A list of tensors would be
+    taken apart row by row (``fn(*tensor)``), so it is refused."""
+    if not isinstance(input_sets, (list, tuple)) or not input_sets:
+        raise ValueError(f"input_sets: expected a non-empty list of argument tuples, e.g. [(x, out)], "
+                         f"got {input_sets!r:.80}")
+    for i, args in enumerate(input_sets):
+        if not isinstance(args, (tuple, list)):
+            raise ValueError(f"input_sets[{i}]: expected a tuple of arguments for fn, e.g. (x, out), got a "
+                             f"{type(args).__name__}; wrap one argument as (x,)")
+
+
+def _check_max_ratio(max_ratio: object) -> None:
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 1 < max_ratio < math.inf:
+        raise ValueError(f"max_ratio: expected a finite number > 1 (first call / steady state), got {max_ratio!r}")
+
+
 def _uses_cuda(device: Optional[torch.device]) -> bool:
     return device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
 
@@ -74,12 +92,13 @@ def measure_latency(
     state rotates through all of them. ``device``: the CUDA device the work runs on (None or a
     CPU device: wall clock only).
     """
-    if not input_sets:
-        raise ValueError("input_sets: expected at least one tuple of arguments, got none")
-    if repeats < 3:
-        raise ValueError(f"repeats: expected >= 3 (a median needs several samples), got {repeats}")
-    if warmup_runs < 0:
-        raise ValueError(f"warmup_runs: expected >= 0, got {warmup_runs}")
+    _check_input_sets(input_sets)
+    if not callable(fn):
+        raise ValueError(f"fn: expected a callable, got {type(fn).__name__}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 3:
+        raise ValueError(f"repeats: expected an int >= 3 (a median needs several samples), got {repeats!r}")
+    if isinstance(warmup_runs, bool) or not isinstance(warmup_runs, int) or warmup_runs < 0:
+        raise ValueError(f"warmup_runs: expected an int >= 0, got {warmup_runs!r}")
     cuda = _uses_cuda(device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
@@ -137,6 +156,7 @@ def assert_no_latency_spike(
     On CPU the ratio is measured and returned but never fails: wall-clock timings of a shared
     CI machine say nothing about a GPU's first request.
     """
+    _check_max_ratio(max_ratio)
     result = measure_latency(fn, input_sets, device=device, name=name, **kwargs)
     if result.first_call_compiles or result.first_call_autotunes:
         raise AssertionError(f"first call was cold: {result.format()}")

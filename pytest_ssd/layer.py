@@ -17,6 +17,7 @@ import torch
 
 from .chunking import chunk_metadata
 from .validation import (
+    MAX_CHUNK_SIZE,
     MODEL_DTYPES,
     STATE_DTYPES,
     check_bool,
@@ -83,9 +84,17 @@ class Mixer2Layer:
 
 def _check_device(device: Union[str, torch.device]) -> torch.device:
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if device.type == "cuda":
+        # torch's own answer here is an AssertionError from deep inside its lazy CUDA init.
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {str(device)!r} asked for, but torch.cuda.is_available() is False (a CPU "
+                             f"build of torch, or no GPU visible); use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {str(device)!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def _check_seed(seed: object) -> None:
@@ -120,7 +129,7 @@ def make_mixer2_layer(
     for name, value in (("nheads", nheads), ("head_dim", head_dim), ("n_groups", n_groups),
                         ("ssm_state_size", ssm_state_size), ("tp_size", tp_size)):
         check_positive_int(name, value)
-    check_power_of_two("chunk_size", chunk_size)
+    check_power_of_two("chunk_size", chunk_size, maximum=MAX_CHUNK_SIZE)
     check_divides("n_groups", n_groups, "nheads", nheads)
     check_divides("tp_size", tp_size, "nheads", nheads)
     check_divides("tp_size", tp_size, "n_groups", n_groups)

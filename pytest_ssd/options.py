@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import os
 import random
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import pytest
@@ -105,7 +106,7 @@ def _ratio(value: str) -> float:
         ratio = float(value)
     except (TypeError, ValueError):
         raise ValueError("accepted: a number > 1 (first call / steady state)") from None
-    if not ratio > 1.0:
+    if not 1.0 < ratio < float("inf"):
         raise ValueError("accepted: a number > 1 (first call / steady state)")
     return ratio
 
@@ -224,13 +225,72 @@ def resolve(config: pytest.Config, environ: Optional[dict] = None) -> Settings:
         try:
             values[opt.name] = True if (opt.is_flag and raw is True) else opt.parse(raw)
         except ValueError as e:
-            where = {"cli": opt.flag, "env": f"environment variable {opt.env}", "ini": f"ini option {opt.ini}"}[source]
-            raise pytest.UsageError(f"pytest-ssd: bad value {raw!r} for {where}: {e}") from None
+            raise pytest.UsageError(f"pytest-ssd: bad value {raw!r} for {_where(opt, source)}: {e}") from None
         sources[opt.name] = source
     seed_given = values["seed"] is not None
     if not seed_given:
         values["seed"] = random.SystemRandom().randrange(2**31)
     return Settings(**values, seed_was_given=seed_given, sources=sources)
+
+
+def _where(opt: Option, source: str) -> str:
+    return {"cli": opt.flag, "env": f"environment variable {opt.env}", "ini": f"ini option {opt.ini}"}.get(source, opt.flag)
+
+
+def checked_paths(settings: Settings, *, probe_report: bool = True) -> Settings:
+    """``settings`` with ``report`` and ``persist_autotune`` checked and made absolute, at startup.
+
+    A report path must be a file in an existing directory that can be written (tried by opening
+    it; a file that was not there is removed again), so a bad one is a usage error now and not
+    an exception after every test has run. The persist dir is created if needed and must take a
+    file; absolute, it stays put when a test changes directory (xdist workers lock a file in it).
+    ``probe_report=False`` (xdist workers: only the controller writes the report) skips the
+    write test. Raises ``pytest.UsageError`` naming the option.
+    """
+    options = {opt.name: opt for opt in OPTIONS}
+    report, persist = settings.report, settings.persist_autotune
+    if report:
+        report = _checked_report(os.path.abspath(report), _where(options["report"], settings.sources.get("report")),
+                                 probe_report)
+    if persist:
+        persist = _checked_persist_dir(os.path.abspath(persist),
+                                       _where(options["persist_autotune"], settings.sources.get("persist_autotune")))
+    return replace(settings, report=report, persist_autotune=persist)
+
+
+def _checked_report(path: str, where: str, probe: bool) -> str:
+    def fail(why: str) -> None:
+        raise pytest.UsageError(f"pytest-ssd: {where} {path!r}: {why}; give a writable file path such as ssd-report.json")
+
+    if os.path.isdir(path):
+        fail("is a directory")
+    if not os.path.isdir(os.path.dirname(path)):
+        fail(f"its directory {os.path.dirname(path)!r} does not exist")
+    if probe:
+        existed = os.path.exists(path)
+        try:
+            with open(path, "a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            fail(f"cannot be written ({e.strerror or e})")
+        if not existed:
+            os.remove(path)
+    return path
+
+
+def _checked_persist_dir(path: str, where: str) -> str:
+    def fail(why: str) -> None:
+        raise pytest.UsageError(f"pytest-ssd: {where} {path!r}: {why}; give a directory pytest-ssd may create and write")
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail("is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        fail(f"cannot be created or written ({e.strerror or e})")
+    return path
 
 
 def load_callable(spec: str, what: str) -> Callable:

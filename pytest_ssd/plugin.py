@@ -11,7 +11,7 @@ from typing import Optional
 
 import pytest
 
-from .options import add_options, resolve
+from .options import add_options, checked_paths, resolve
 from .placement import gpu_for_worker, visible_gpus
 from .report import SessionReport, WorkerReport, environment
 from .session import SSDSession
@@ -80,6 +80,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = dataclasses.replace(settings, seed=workerinput["ssd_seed"],
                                        seed_was_given=workerinput["ssd_seed_given"])
     worker = _worker_id(config)
+    settings = checked_paths(settings, probe_report=worker is None)  # usage errors now, not after the run
     gpu = _place_worker(worker) if worker else None
     _isolate_triton_cache(worker, settings.persist_autotune)
     if settings.device == "cuda" and not settings.compile_only:
@@ -173,9 +174,20 @@ def _watch_phase(item: pytest.Item, phase: str):
             raise
         finally:
             message = _record_phase(item, phase, rec, failed)
+    message = "\n".join(m for m in (message, None if failed else _blinded_recorder(phase, rec)) if m)
     if message:
         pytest.fail(message, pytrace=False)
     return result
+
+
+def _blinded_recorder(phase: str, rec) -> Optional[str]:
+    """The failure when the recorder's hooks and the JIT caches disagree: compiles went unrecorded."""
+    if not rec.unrecorded:
+        return None
+    return (f"pytest-ssd: the Triton event recorder and the JIT caches disagree in the {phase} phase, so its warmth "
+            f"cannot be trusted:\n  " + "\n  ".join(m.describe() for m in rec.unrecorded)
+            + "".join(f"\n  {note}" for note in rec.hook_changes)
+            + "\nSomething replaced Triton's compile hooks without chaining them while the phase ran.")
 
 
 @pytest.hookimpl(wrapper=True)

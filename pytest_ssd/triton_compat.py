@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -272,6 +273,14 @@ def autotune(
 # knobs.autotuning.listener (3.8+) is deliberately not used: while it is set, Triton's
 # Autotuner.run crashes for interpreted kernels (it walks `.fn` looking for a JITFunction),
 # and the wrappers above give the same facts on every version.
+#
+# Anyone may assign these slots while we observe (torch 2.13 assigns jit_post_compile_hook
+# when a kernel uses its nvshmem helpers). Every miss path of ours checks that our wrappers
+# are still in place; one that was replaced is chained anew, in front of the newcomer, and the
+# change is reported (on_hook_change). A second signal does not depend on hooks at all: the
+# number of binaries in the JIT caches of every kernel we know (met in a hook, or registered
+# with watch_jit_cache). A cache that grew by more binaries than were reported means someone
+# blinded every hook of ours: stop() returns those kernels.
 # --------------------------------------------------------------------------------------
 
 _MISSING = object()
@@ -324,6 +333,10 @@ class _Observer:
     on_compile: Callable[[dict], None] | None
     on_autotune: Callable[[dict], None] | None
     on_tune_start: Callable[[Any, tuple], None] | None
+    on_hook_change: Callable[[str], None] | None = None
+    watch_caches: bool = False
+    cache_sizes: dict = field(default_factory=dict)  # id(jit_fn) -> (jit_fn, binaries when first known)
+    reported: dict = field(default_factory=dict)  # id(jit_fn) -> compiles reported to this observer
 
 
 @dataclass
@@ -355,6 +368,7 @@ _compile_patches: list[_Patch] = []  # while an observer wants compiles
 _tune_patches: list[_Patch] = []  # while any observer is registered
 _persisted_autotune_writes = True
 _local = threading.local()
+_known_jit: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()  # id -> JITFunction
 
 
 def observe_triton(
@@ -362,30 +376,117 @@ def observe_triton(
     on_compile: Callable[[dict], None] | None = None,
     on_autotune: Callable[[dict], None] | None = None,
     on_tune_start: Callable[[Any, tuple], None] | None = None,
-) -> Callable[[], None]:
+    on_hook_change: Callable[[str], None] | None = None,
+    watch_caches: bool = False,
+) -> Callable[[], list[dict]]:
     """Call back on every JIT miss and autotune benchmark in this process; return ``stop``.
 
     ``on_compile(fields)`` gets the fields of :class:`pytest_ssd.events.CompileEvent`
     (without ``compile_only``); ``on_autotune(fields)`` those of ``AutotuneEvent``;
-    ``on_tune_start(autotuner, key)`` fires when an autotuner misses its in-memory cache.
+    ``on_tune_start(autotuner, key)`` fires when an autotuner misses its in-memory cache;
+    ``on_hook_change(note)`` when one of our hooks was found replaced (and chained again).
     Callbacks run on the thread that compiled, outside any lock of ours.
 
     Compile hooks are in place while some observer wants compiles, chaining whatever hook
     was set before; they are put back when the last such observer stops. A hook that someone
-    set over ours in the meantime (torch, vLLM) is chained anew by the next observer.
+    set over ours in the meantime (torch, vLLM) is chained anew at the next JIT miss, by the
+    next observer, or at ``stop``, whichever comes first.
+
+    ``stop()`` returns, with ``watch_caches``, one ``{"kernel", "module", "binaries",
+    "reported"}`` per known kernel whose JIT caches grew by more binaries than ``on_compile``
+    reported while observing (an empty list when hooks and caches agree).
     """
-    observer = _Observer(on_compile, on_autotune, on_tune_start)
+    observer = _Observer(on_compile, on_autotune, on_tune_start, on_hook_change, watch_caches)
+    _check_hooks()  # observers already open learn of a change that this one would chain silently
     with _lock:
+        if watch_caches:
+            observer.cache_sizes = {key: (fn, _jit_cache_size(fn)) for key, fn in list(_known_jit.items())}
         _observers.append(observer)
         _sync_patches()
 
-    def stop() -> None:
+    def stop() -> list[dict]:
+        _check_hooks()
         with _lock:
             if observer in _observers:
                 _observers.remove(observer)
                 _sync_patches()
+        return _unreported_binaries(observer)
 
     return stop
+
+
+def watch_jit_cache(*kernels: Any) -> None:
+    """Count these kernels' JIT caches in every recording (``observe_triton(watch_caches=True)``),
+    even if no hook of ours ever sees them compile. Autotuner and heuristics wrappers are
+    unwrapped to their JITFunction; anything else (an interpreted kernel) is ignored."""
+    from triton.runtime.jit import JITFunction
+
+    for kernel in kernels:
+        for _ in range(8):
+            if isinstance(kernel, JITFunction) or not hasattr(kernel, "fn"):
+                break
+            kernel = kernel.fn
+        if isinstance(kernel, JITFunction):
+            _known_jit[id(kernel)] = kernel
+
+
+def _jit_cache_size(jit_fn: Any) -> int:
+    """Binaries in a JITFunction's in-memory caches, over all devices (3.2-3.9: each device's
+    entry is a tuple whose first item is the dict of binaries by key)."""
+    entries = list(getattr(jit_fn, "device_caches", {}).values())
+    return sum(len(e[0]) for e in entries if isinstance(e, tuple) and e and isinstance(e[0], dict))
+
+
+def _meet(jit_fn: Any) -> None:
+    """A kernel reached one of our hooks: known from now on; an observer that did not know it
+    takes its cache size now (from the before-compile hook: before this binary is stored)."""
+    with _lock:
+        _known_jit[id(jit_fn)] = jit_fn
+        for observer in _observers:
+            if observer.watch_caches and id(jit_fn) not in observer.cache_sizes:
+                observer.cache_sizes[id(jit_fn)] = (jit_fn, _jit_cache_size(jit_fn))
+
+
+def _unreported_binaries(observer: _Observer) -> list[dict]:
+    found = []
+    for key, (jit_fn, before) in list(observer.cache_sizes.items()):
+        grew, reported = _jit_cache_size(jit_fn) - before, observer.reported.get(key, 0)
+        if grew > reported:
+            found.append({"kernel": jit_fn.fn.__qualname__, "module": jit_fn.fn.__module__, "binaries": grew,
+                          "reported": reported})
+    return found
+
+
+def _check_hooks() -> None:
+    """Chain ourselves again in front of any hook that replaced ours; tell the observers."""
+    with _lock:
+        replaced = [p for p in (*_compile_patches, *_tune_patches) if not p.in_place]
+        if not replaced:
+            return
+        notes = [f"{_slot_name(p.owner)}.{p.name} was replaced while recording (now "
+                 f"{_callable_name(vars(p.owner).get(p.name, getattr(p.owner, p.name, None)))}); pytest-ssd "
+                 f"chained its hook in front of it again" for p in replaced]
+        _sync_patches()
+        callbacks = [o.on_hook_change for o in _observers if o.on_hook_change is not None]
+    for callback in callbacks:
+        for note in notes:
+            callback(note)
+
+
+def _slot_name(owner: Any) -> str:
+    if isinstance(owner, type):
+        return owner.__name__
+    if isinstance(owner, type(sys)):
+        return owner.__name__
+    return f"triton.knobs.{type(owner).__name__.replace('_knobs', '')}"
+
+
+def _callable_name(value: Any) -> str:
+    if value is None:
+        return "None"
+    name = getattr(value, "__qualname__", None) or type(value).__name__
+    module = getattr(value, "__module__", None)
+    return f"{module}.{name}" if module else name
 
 
 def _sync_patches() -> None:
@@ -458,7 +559,9 @@ def _before_compile_hook(prior: Callable | None, live: _Live) -> Callable:
     def before_compile(*args: Any, **kwargs: Any) -> Any:
         skip = prior(*args, **kwargs) if prior is not None else None
         if not skip and live.on:  # a truthy answer from the chained hook cancels the compile
+            _check_hooks()  # before Triton reads the after-compile hook: a replaced one is chained in time
             jit_fn = kwargs["fn"].jit_function
+            _meet(jit_fn)
             _pending_compiles().append(_PendingCompile(kwargs["key"], time.perf_counter(), _bound_int_args(jit_fn)))
         return skip
 
@@ -469,7 +572,18 @@ def _after_compile_hook(prior: Callable | None, live: _Live) -> Callable:
     def after_compile(*args: Any, **kwargs: Any) -> Any:
         result = prior(*args, **kwargs) if prior is not None else None
         if live.on:
-            _emit("on_compile", _compile_fields(kwargs, _pop_pending(kwargs["key"])))
+            jit_fn = kwargs["fn"].jit_function
+            _meet(jit_fn)
+            fields = _compile_fields(kwargs, _pop_pending(kwargs["key"]))
+            with _lock:
+                observers = list(_observers)
+                for observer in observers:
+                    if observer.on_compile is not None:
+                        observer.reported[id(jit_fn)] = observer.reported.get(id(jit_fn), 0) + 1
+            for observer in observers:
+                if observer.on_compile is not None:
+                    observer.on_compile(fields)
+            _check_hooks()  # the before-compile hook may be the one that was replaced
         return result
 
     return after_compile
@@ -660,6 +774,7 @@ def _prune_configs_spy(prior: Callable, live: _Live) -> Callable:
     def prune_configs(self: Any, kwargs: dict, *args: Any, **kw: Any) -> Any:
         pruned = prior(self, kwargs, *args, **kw)
         if live.on:
+            _check_hooks()  # an autotune miss compiles next: our compile hooks must be in place
             key, values, dtypes = named_tuning_key(self, kwargs)
             _pending_tunes()[id(self)] = _PendingTune(self, values, dtypes, len(pruned), time.perf_counter())
             if key not in self.cache:  # Autotuner.warmup prunes too, without a miss

@@ -15,6 +15,12 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what a layer's activations may be
 STATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what its SSM state may be
 
+# Stated limits. Metadata is int32 on the device, so every offset, hence T, fits int32.
+MAX_TOKENS = 2**31 - 1
+# Largest chunk_size the bundled kernel takes: a chunk's C.B^T workspace is G * chunk_size**2
+# float32 per chunk (4 MiB per group at 1024), and Mamba2 models use 256.
+MAX_CHUNK_SIZE = 1024
+
 
 def _fmt_shape(dims: Sequence[Dim]) -> str:
     return "(" + ", ".join("*" if d is None else str(d) for d in dims) + ")"
@@ -79,6 +85,27 @@ def check_bool(name: str, value: object) -> None:
         raise ValueError(f"{name}: expected True or False, got {value!r}")
 
 
+def check_no_overlap(name: str, tensor: torch.Tensor, others: dict) -> None:
+    """Check ``tensor``'s memory overlaps none of ``others`` (``{name: tensor or None}``).
+
+    For contiguous tensors on one device (the kernel's inputs): a written output that shares
+    memory with an input would be read back half-overwritten.
+    """
+    for other_name, other in others.items():
+        if other is not None and _overlap(tensor, other):
+            raise ValueError(
+                f"{name}: shares memory with {other_name} (an output may not alias an input: the kernel reads "
+                f"{other_name} while it writes {name}); pass a separate tensor, e.g. torch.empty_like({other_name})"
+            )
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the byte ranges of two contiguous tensors intersect (empty tensors, and tensors
+    with no memory such as "meta" ones, never do)."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return bool(a0 and b0) and a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
 def check_same_device(tensors: dict) -> torch.device:
     """All non-None tensors in ``{name: tensor}`` must live on one device; returns it."""
     first_name, device = None, None
@@ -127,7 +154,12 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: Optional[int], name
         raise ValueError(f"{name}: expected an integer dtype (int32 or int64), got {cu_seqlens.dtype}")
     if cu_seqlens.numel() < 2:
         raise ValueError(f"{name}: expected at least 2 entries [0, T] (one sequence), got {cu_seqlens.tolist()}")
-    offsets = [int(v) for v in cu_seqlens.tolist()]
+    return check_offsets(name, [int(v) for v in cu_seqlens.tolist()], total_tokens)
+
+
+def check_offsets(name: str, offsets: list, total_tokens: Optional[int]) -> list:
+    """:func:`check_cu_seqlens` on values already read to the host (at least two of them)."""
+    check_int32_values(name, offsets)
     if offsets[0] != 0:
         raise ValueError(f"{name}: expected to start at 0, got {offsets[0]} (full: {short_list(offsets)})")
     for i in range(1, len(offsets)):
@@ -143,10 +175,22 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: Optional[int], name
     return offsets
 
 
-def check_power_of_two(name: str, value: int, minimum: int = 1) -> None:
-    """Check ``value`` is an ``int`` power of two, at least ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or value & (value - 1):
-        raise ValueError(f"{name}: expected a power of two >= {minimum}, got {value!r}")
+def check_int32_values(name: str, values: list) -> None:
+    """Check every value of an offset tensor read to the host fits int32 (>= 0, <= MAX_TOKENS):
+    metadata is narrowed to int32 for the kernels, which must not wrap a value around."""
+    for i, v in enumerate(values):
+        if not 0 <= v <= MAX_TOKENS:
+            raise ValueError(
+                f"{name}: expected offsets in [0, 2**31 - 1] (T and every offset must fit int32), got {v} at index {i}"
+            )
+
+
+def check_power_of_two(name: str, value: int, minimum: int = 1, maximum: Optional[int] = None) -> None:
+    """Check ``value`` is an ``int`` power of two, at least ``minimum`` (and at most ``maximum``)."""
+    if (not isinstance(value, int) or isinstance(value, bool) or value < minimum or value & (value - 1)
+            or (maximum is not None and value > maximum)):
+        limit = f" and <= {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name}: expected a power of two >= {minimum}{limit}, got {value!r}")
 
 
 def check_divides(divisor_name: str, divisor: int, dividend_name: str, dividend: int) -> None:

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .validation import check_positive_int, dtype_name
+from .validation import check_bool, check_positive_int, dtype_name
 
 logger = logging.getLogger("pytest_ssd")
 
@@ -62,12 +62,18 @@ def warmup_ssd_kernels(
     :func:`pytest_ssd.compile_only.compile_only` the same calls compile without executing.
     """
     from .compile_only import active_target
-    from .layer import make_ssd_inputs
+    from .layer import Mixer2Layer, make_ssd_inputs
 
+    if not isinstance(layer, Mixer2Layer):
+        raise ValueError(f"layer: expected a pytest_ssd.layer.Mixer2Layer (make_mixer2_layer), got "
+                         f"{type(layer).__name__}")
     if kernel is None:
         from .kernels import mamba_chunk_scan_combined_varlen as kernel
+    elif not callable(kernel):
+        raise ValueError(f"kernel: expected the SSD entry point (a callable), got {type(kernel).__name__}")
     device = torch.device(layer.device if device is None else device)
     with_z = layer.gated if with_z is None else with_z
+    check_bool("with_z", with_z)
     if max_num_tokens is not None:
         check_positive_int("max_num_tokens", max_num_tokens)
     key = (getattr(kernel, "__module__", ""), getattr(kernel, "__qualname__", repr(kernel)), str(device),

@@ -140,3 +140,63 @@ def test_triton_classes_and_hooks_come_back():
         assert vars(Autotuner)["_bench"] is not before["_bench"]
         assert isinstance(vars(Autotuner)["do_bench"], property)
     assert {name: vars(Autotuner).get(name) for name in slots} == before
+
+
+def test_a_launch_from_another_thread_warns_that_it_ran_nothing(tensors):
+    """Inside compile_only another thread's kernel call silently did nothing: now it says so, once."""
+    import threading
+    import warnings
+
+    from pytest_ssd.compile_only import CompileOnlyThreadWarning
+
+    x, out = tensors
+    kernel = kt.make_scale()
+    caught = []
+
+    def other_thread():
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            launch_scale(kernel, x, out)
+            launch_scale(kernel, x, out, n=999)
+        caught.extend(w for w in seen if issubclass(w.category, CompileOnlyThreadWarning))
+
+    with compile_only("cuda:90"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileOnlyThreadWarning)
+            launch_scale(kernel, x, out)  # the block's own thread: no warning
+        thread = threading.Thread(target=other_thread, name="loader")
+        thread.start()
+        thread.join(timeout=120)
+    assert len(caught) == 1, [str(w.message) for w in caught]  # once per thread and block
+    assert "thread 'loader' launched a Triton kernel while compile_only('cuda:90') was active" in str(caught[0].message)
+
+
+def test_a_thread_that_enters_the_block_itself_compiles_quietly(tensors):
+    import threading
+    import warnings
+
+    from pytest_ssd.compile_only import CompileOnlyThreadWarning
+
+    x, out = tensors
+    errors = []
+
+    def compiling_thread():
+        try:
+            with compile_only("cuda:90"), warnings.catch_warnings():
+                warnings.simplefilter("error", CompileOnlyThreadWarning)
+                launch_scale(kt.make_scale(), x, out)
+        except BaseException as error:
+            errors.append(error)
+
+    with compile_only("cuda:90"):
+        thread = threading.Thread(target=compiling_thread)
+        thread.start()
+        thread.join(timeout=120)
+    assert errors == []
+
+
+def test_persist_autotune_must_be_a_bool():
+    with pytest.raises(ValueError, match="persist_autotune: expected True or False, got 'no'"):
+        with compile_only("cuda:90", persist_autotune="no"):
+            pass
+    assert not compile_only_active()

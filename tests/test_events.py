@@ -17,7 +17,7 @@ from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
 import kernels_for_tests as kt
-from pytest_ssd import triton_compat
+from pytest_ssd import events, triton_compat
 from pytest_ssd.compile_only import compile_only
 from pytest_ssd.events import AutotuneEvent, CompileEvent, Recording, event_from_dict, record_triton
 
@@ -215,8 +215,9 @@ def test_threads_compiling_different_kernels(tensors):
 
     def run(launch):
         try:
-            barrier.wait(timeout=30)
-            launch()
+            with compile_only("cuda:90"):  # a thread meant to compile says so (else: CompileOnlyThreadWarning)
+                barrier.wait(timeout=30)
+                launch()
         except BaseException as error:  # surfaced below: a thread's exception is otherwise lost
             errors.append(error)
 
@@ -292,18 +293,20 @@ def test_a_hook_set_over_ours_is_chained_by_the_next_recording(tensors, chains_o
     pristine = vars(owner).get(name, _UNSET)
     calls = []
     try:
-        with record_triton() as outer:
-            ours = getattr(owner, name)
+        with pytest.warns(events.RecorderHookWarning, match=f"{name} was replaced while recording"):
+            with record_triton() as outer:
+                ours = getattr(owner, name)
 
-            def theirs(*args, **kwargs):
-                calls.append(name)
-                return ours(*args, **kwargs) if chains_ours else None
+                def theirs(*args, **kwargs):
+                    calls.append(name)
+                    return ours(*args, **kwargs) if chains_ours else None
 
-            setattr(owner, name, theirs)
-            with record_triton() as inner:
-                launch_scale(kt.make_scale(), x, out, 1000)
+                setattr(owner, name, theirs)
+                with record_triton() as inner:
+                    launch_scale(kt.make_scale(), x, out, 1000)
         assert len(calls) == 1
         assert len(outer.compiles) == len(inner.compiles) == 1  # once each: our old hook passes through
+        assert len(outer.hook_changes) == 1 and inner.hook_changes == []  # the change happened in outer's time
         assert getattr(owner, name) is theirs  # theirs stays when we leave
     finally:
         if pristine is _UNSET:
@@ -367,3 +370,78 @@ def test_loading_refuses_unknown_events_and_formats():
         Recording.from_dict({"format": 99, "events": []})
     assert isinstance(event_from_dict({**AutotuneEvent("k", "m", {}, {}, 1, None, "benchmarked", 0.5).to_dict()}),
                       AutotuneEvent)
+
+
+# ---- the recorder cannot be blinded ------------------------------------------------------
+
+def _blind(owner, name):
+    """Assign a hook over ours that does not chain it (as torch 2.13 may, for nvshmem kernels)."""
+    calls = []
+
+    def theirs(*args, **kwargs):
+        calls.append(name)
+        return None
+
+    setattr(owner, name, theirs)
+    return calls
+
+
+@pytest.fixture
+def restore_hook_slots():
+    """Put every compile hook slot back as it was, whatever a test assigned."""
+    saved = [(owner, name, vars(owner).get(name, _UNSET)) for owner, name in _hook_slots()]
+    yield
+    for owner, name, value in saved:
+        if value is _UNSET:
+            if name in vars(owner):
+                delattr(owner, name)
+        else:
+            setattr(owner, name, value)
+
+
+def test_a_hook_replaced_mid_recording_is_chained_again_and_reported(tensors, restore_hook_slots):
+    x, out = tensors
+    owner, name = _hook_slots()[1]  # the after-compile hook, where events are made
+    with pytest.warns(events.RecorderHookWarning, match=f"{name} was replaced while recording"):
+        with record_triton() as rec:
+            calls = _blind(owner, name)
+            launch_scale(kt.make_scale(), x, out, 1000)
+    assert calls == [name]  # theirs still runs: we chain in front of it
+    assert len(rec.compiles) == 1 and rec.compiles[0].source == "compiled"
+    assert len(rec.hook_changes) == 1 and "test_events" in rec.hook_changes[0]  # names the newcomer
+    assert rec.unrecorded == []
+
+
+def test_every_hook_blinded_shows_as_jit_cache_growth(tensors, restore_hook_slots):
+    x, out = tensors
+    kernel = kt.make_scale()
+    with pytest.warns(events.RecorderHookWarning):
+        with record_triton() as rec:
+            launch_scale(kernel, x, out, 1000)  # seen: the kernel is known from now on
+            for owner, name in _hook_slots():
+                _blind(owner, name)
+            launch_scale(kernel, x, out, 4096)  # another binary (%16), no hook of ours runs
+    assert len(rec.compiles) == 1
+    assert len(rec.hook_changes) == len(_hook_slots())
+    (missed,) = rec.unrecorded
+    assert (missed.kernel, missed.binaries, missed.reported) == ("scale", 2, 1)
+    assert missed.describe() == "kernels_for_tests.scale: its JIT cache grew by 2 binaries, the hooks reported 1 compile(s)"
+
+
+def test_a_watched_kernel_is_counted_without_any_hook(tensors, restore_hook_slots):
+    x, out = tensors
+    kernel = kt.make_scale()
+    triton_compat.watch_jit_cache(kt.make_tuned_heads(), kernel)  # an autotuner unwraps to its JITFunction
+    with pytest.warns(events.RecorderHookWarning), record_triton() as rec:
+        for owner, name in _hook_slots():
+            _blind(owner, name)
+        launch_scale(kernel, x, out, 1000)  # never compiled before, and no hook of ours sees it
+    assert rec.events == [] and [(m.kernel, m.binaries, m.reported) for m in rec.unrecorded] == [("scale", 1, 0)]
+
+
+def test_agreeing_hooks_and_caches_report_nothing(tensors):
+    x, out = tensors
+    with record_triton() as rec:
+        launch_scale(kt.make_scale(), x, out, 1000)
+        launch_tuned(kt.make_tuned_heads(), x, torch.randn(N))
+    assert len(rec.compiles) == 3 and rec.hook_changes == [] and rec.unrecorded == []

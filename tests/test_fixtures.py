@@ -34,8 +34,9 @@ def test_reference_fixture_and_assertion_helper(pytester):
             layer = mixer2_layer(nheads=2, head_dim=4, ssm_state_size=4, chunk_size=4)
             inputs = ssd_inputs(layer, [3, 6])
             out, states = ssd_reference(**inputs.reference_kwargs(layer), output_dtype=torch.float64)
-            ssd_assert_close(out, states, out, states, dtype=torch.float32)
-            bad = out.clone(); bad[4, 1, 2] += 1.0
+            out32 = out.float()  # a kernel's output is in the model dtype
+            ssd_assert_close(out32, states, out, states, dtype=torch.float32)
+            bad = out32.clone(); bad[4, 1, 2] += 1.0
             ssd_assert_close(bad, states, out, states, dtype=torch.float32, cu_seqlens=inputs.cu_seqlens)
     """)
     result = pytester.runpytest("--ssd-seed", "8", "--ssd-device", "cpu")

@@ -142,6 +142,19 @@ BAD_INPUTS = [
     ("dt_limit pair", lambda kw: dict(kw, dt_limit=(0.1,)), r"^dt_limit: expected a pair"),
     ("chunk_size float", lambda kw: dict(kw, chunk_size=16.0), r"^chunk_size: expected a power of two"),
     ("dt not a tensor", lambda kw: dict(kw, dt=kw["dt"].numpy()), r"^dt: expected a torch.Tensor"),
+    ("chunk_size huge", lambda kw: dict(kw, chunk_size=2**22), r"^chunk_size: expected a power of two >= 16 and <= 1024"),
+    ("dt_softplus str", lambda kw: dict(kw, dt_softplus="no"), r"^dt_softplus: expected True or False, got 'no'"),
+    ("dt_softplus int", lambda kw: dict(kw, dt_softplus=1), r"^dt_softplus: expected True or False"),
+    ("return_intermediate_states", lambda kw: dict(kw, return_intermediate_states=None),
+     r"^return_intermediate_states: expected True or False"),
+    ("out is x", lambda kw: dict(kw, out=kw["x"]), r"^out: shares memory with x"),
+    ("out inside z", lambda kw: dict(kw, out=kw["z"].view(-1)[:kw["x"].numel()].view(kw["x"].shape)),
+     r"^out: shares memory with z"),
+    ("out over B", lambda kw: dict(kw, B=kw["out"].view(-1)[:kw["B"].numel()].view(kw["B"].shape)),
+     r"^out: shares memory with B"),
+    ("requires grad", lambda kw: dict(kw, x=kw["x"].requires_grad_()), r"^x: requires grad, but this kernel is forward-only"),
+    ("A requires grad", lambda kw: dict(kw, A=kw["A"].clone().requires_grad_()), r"^A: requires grad"),
+    ("out requires grad", lambda kw: dict(kw, out=kw["out"].requires_grad_()), r"^out: requires grad"),
 ]
 
 
@@ -162,7 +175,7 @@ def test_bad_input_raises_before_any_launch(name, mutate, message, mixer2_layer,
     # reject (metadata contents are checked after both).
     positional = [bad[k] for k in ("x", "dt", "A", "B", "C", "out", "D", "z", "dt_bias", "initial_states")]
     rest = (tuple(bad[k] for k in combined.METADATA_NAMES), bad["chunk_size"], bad.get("dt_limit", (0.0, math.inf)),
-            bad.get("state_dtype"))
+            bad.get("state_dtype"), bad.get("dt_softplus", False), bad.get("return_intermediate_states", False))
     try:
         full = combined._validate(*positional, *rest)
     except ValueError:
@@ -237,3 +250,31 @@ def test_workspace_buffers_are_aligned_contiguous_and_disjoint(nchunks) -> None:
     spans.sort()
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
     assert spans[-1][1] <= base + views[0].untyped_storage().nbytes()
+
+
+def test_interpreted_calls_from_threads_are_serialized_and_right(mixer2_layer, ssd_inputs, ssd_seed) -> None:
+    """Triton's interpreter patches triton.language while it runs: concurrent calls used to fail in
+    3 of 4 threads (InterpreterError). Each thread's result equals the same call made alone."""
+    import threading
+
+    layer = mixer2_layer(**SMALL, device="cpu")
+    batches = [ssd_inputs(layer, seqlens, with_initial_states=True, device="cpu")
+               for seqlens in ([5, 20], [1, 33], [17], [16, 16, 2])]
+    alone = [run_kernel(layer, inputs)[0] for inputs in batches]
+    results, errors = [None] * len(batches), []
+    barrier = threading.Barrier(len(batches))
+
+    def work(i):
+        try:
+            barrier.wait(timeout=60)
+            results[i] = run_kernel(layer, batches[i])[0]
+        except BaseException as error:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == [], f"seed={ssd_seed}: {errors!r}"
+    assert all(torch.equal(a, b) for a, b in zip(alone, results)), f"seed={ssd_seed}"

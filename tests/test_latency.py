@@ -70,9 +70,10 @@ def test_cpu_ratio_never_fails():
     assert result.ratio > 1.01 and not result.decides
 
 
-@pytest.mark.parametrize("kwargs, match", [({"input_sets": []}, "input_sets: expected at least one"),
-                                           ({"input_sets": [()], "repeats": 1}, "repeats: expected >= 3"),
-                                           ({"input_sets": [()], "warmup_runs": -1}, "warmup_runs: expected >= 0")])
+@pytest.mark.parametrize("kwargs, match", [({"input_sets": []}, "input_sets: expected a non-empty list"),
+                                           ({"input_sets": [()], "repeats": 1}, "repeats: expected an int >= 3"),
+                                           ({"input_sets": [()], "warmup_runs": -1},
+                                            "warmup_runs: expected an int >= 0")])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         measure_latency(lambda: None, **kwargs)

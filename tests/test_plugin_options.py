@@ -1,5 +1,6 @@
 """The plugin loads, its options resolve CLI > env > ini > default, bad values are usage errors."""
 import json
+import os
 
 import pytest
 
@@ -107,6 +108,8 @@ def test_failure_message_names_the_seed(pytester):
         (["--ssd-compile-only", "sm90"], "accepted: cuda:80, cuda:90, cuda:100, hip:gfx942"),
         (["--ssd-kernel-api", "jax"], "accepted: auto, vllm, mamba_ssm"),
         (["--ssd-max-spike", "0.5"], "accepted: a number > 1"),
+        (["--ssd-max-spike", "nan"], "accepted: a number > 1"),
+        (["--ssd-max-spike", "inf"], "accepted: a number > 1"),
     ],
 )
 def test_bad_option_values_are_usage_errors(pytester, args, expected):
@@ -178,3 +181,65 @@ def test_compile_targets_match_compile_only():
     from pytest_ssd.options import COMPILE_TARGETS
 
     assert COMPILE_TARGETS == TARGETS
+
+
+@pytest.mark.parametrize("make_path, why", [
+    (lambda tmp: tmp, "is a directory"),
+    (lambda tmp: tmp / "missing-dir" / "report.json", "does not exist"),
+    (lambda tmp: tmp / "a-file" / "report.json", "does not exist"),  # its "directory" is a file
+])
+def test_a_report_path_that_cannot_be_written_is_a_usage_error_at_startup(pytester, tmp_path, make_path, why):
+    (tmp_path / "a-file").write_text("not a directory")
+    pytester.makepyfile("def test_never_runs(): raise AssertionError('ran')")
+    result = pytester.runpytest("--ssd-report", str(make_path(tmp_path)))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "pytest-ssd: --ssd-report" in result.stderr.str() and why in result.stderr.str()
+    assert "ran" not in result.stdout.str()
+
+
+def test_an_unwritable_report_path_is_a_usage_error(pytester, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere: permissions cannot make a path unwritable")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest("--ssd-report", str(locked / "report.json"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "cannot be written" in result.stderr.str()
+
+
+def test_a_relative_report_path_is_kept_absolute_and_a_probe_leaves_no_file(pytester):
+    pytester.makepyfile("""
+        import os
+
+        def test_moves_away(ssd_settings, tmp_path):
+            assert os.path.isabs(ssd_settings.report) and os.path.isabs(ssd_settings.persist_autotune)
+            assert not os.path.exists(ssd_settings.report)  # the startup check removed its probe
+            os.chdir(tmp_path)  # the report and the persist dir must not move with the test
+    """)
+    (pytester.path / "out").mkdir()
+    result = pytester.runpytest("--ssd-report", "out/report.json", "--ssd-persist-autotune", "cache")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "out" / "report.json").is_file() and (pytester.path / "cache").is_dir()
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_a_persist_dir_that_is_a_file_is_a_usage_error_at_startup(pytester, tmp_path, monkeypatch, via_env):
+    afile = tmp_path / "cache-file"
+    afile.write_text("not a directory")
+    pytester.makepyfile("def test_never_runs(): raise AssertionError('ran')")
+    if via_env:
+        monkeypatch.setenv("PYTEST_SSD_PERSIST_AUTOTUNE", str(afile))
+        result = pytester.runpytest()
+    else:
+        result = pytester.runpytest("--ssd-persist-autotune", str(afile))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    where = "environment variable PYTEST_SSD_PERSIST_AUTOTUNE" if via_env else "--ssd-persist-autotune"
+    assert f"pytest-ssd: {where}" in result.stderr.str() and "is a file, not a directory" in result.stderr.str()
+
+
+def test_a_persist_dir_that_cannot_be_created_is_a_usage_error(pytester, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    pytester.makepyfile("def test_ok(): pass")
+    result = pytester.runpytest("--ssd-persist-autotune", str(tmp_path / "a-file" / "cache"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--ssd-persist-autotune" in result.stderr.str() and "cannot be created or written" in result.stderr.str()

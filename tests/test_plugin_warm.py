@@ -161,3 +161,68 @@ def test_persisted_caches_show_cold_vs_persisted_warmup(pytester, tmp_path):
     assert warm["compiles"] == cold["compiles"] and warm["compiled_fresh"] == 0, "all from Triton's disk cache"
     assert warm["cold_seconds"] == cold["seconds"]
     second.stdout.fnmatch_lines([f"*[[]persisted caches; cold warmup {cold['seconds']:.2f}s[]]*"])
+
+
+BLINDING_TESTS = """
+    import pytest
+    import torch
+    import triton
+    import triton.language as tl
+
+    from pytest_ssd import triton_compat
+
+    @triton.jit
+    def scale_kernel(x_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2, mask=offs < n)
+
+    def launch(n):
+        scale_kernel[(1,)](torch.randn(64), n, BLOCK=64)
+
+    def slots():
+        if triton_compat.version_at_least(3, 4):
+            from triton import knobs
+            return [(knobs.runtime, "jit_cache_hook"), (knobs.runtime, "jit_post_compile_hook"),
+                    (knobs.compilation, "listener")]
+        from triton.runtime.jit import JITFunction
+        import triton.compiler.compiler as compiler
+        return [(JITFunction, "cache_hook"), (JITFunction, "compiled_hook"),
+                (compiler, "get_cache_manager")]
+
+    def blind(monkeypatch, owner, name):
+        prior = getattr(owner, name)
+        # get_cache_manager must still work; the JIT hooks just stop chaining ours
+        monkeypatch.setattr(owner, name, (lambda *a, **k: prior(*a, **k)) if name == "get_cache_manager"
+                            else (lambda *a, **k: None))
+
+    def test_post_compile_hook_replaced(monkeypatch):
+        blind(monkeypatch, *slots()[1])  # what torch 2.13 does
+        launch(7)
+
+    @pytest.mark.ssd_allow_cold(reason="the compile is allowed; the blinded recorder is not")
+    def test_every_hook_replaced(monkeypatch):
+        launch(7)  # warm (the test before compiled it); the recorder knows the kernel since then
+        for owner, name in slots():
+            blind(monkeypatch, owner, name)
+        launch(1)  # ==1: another binary, and no hook of ours sees it
+"""
+
+
+def test_a_replaced_hook_is_chained_again_and_a_blinded_recorder_fails_the_test(pytester):
+    pytester.makepyfile(test_blinding=BLINDING_TESTS)
+    result = pytester.runpytest("--ssd-compile-only", "cuda:90", "-p", "no:cacheprovider", "--ssd-require-warm",
+                                "-W", "default::pytest_ssd.events.RecorderHookWarning")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        # re-chained in time: the compile is seen, and fails the test as any cold compile does
+        "*test_post_compile_hook_replaced*",
+        "*1 Triton compile/autotune event(s) in the call phase after warmup*",
+        "*scale_kernel*never warmed*",
+    ])
+    result.stdout.fnmatch_lines([
+        "*test_every_hook_replaced*",
+        "*the Triton event recorder and the JIT caches disagree in the call phase*",
+        "*test_blinding.scale_kernel: its JIT cache grew by 1 binary, the hooks reported 0 compile(s)*",
+        "*was replaced while recording*",
+    ])
+    result.stdout.fnmatch_lines(["*RecorderHookWarning*jit_post_compile_hook was replaced while recording*"])

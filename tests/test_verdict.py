@@ -154,7 +154,7 @@ def test_spec_checks_and_round_trip():
 
 
 def test_compare_names_a_wrong_argument():
-    with pytest.raises(TypeError, match="warmup: expected a pytest_ssd.events.Recording, got NoneType"):
+    with pytest.raises(TypeError, match="compare: warmup must be a pytest_ssd.events.Recording, got NoneType"):
         compare(None, Recording())
 
 

@@ -8,8 +8,8 @@ What a request can change, and what it cannot (this is what makes one warmup cov
 token counts, sequence counts and chunk counts reach the kernels only through the *contents* of
 the metadata tensors and through the grid, never as integer arguments, so no ``==1``/``%16``
 specialization can depend on them; intermediate buffers put the request-dependent dimension
-first, so strides are layer constants; data pointers must be 16-byte aligned and metadata is
-normalized to aligned int32. The binaries a call uses are therefore fixed by the layer, the
+first, so strides are layer constants; data pointers must be 16-byte aligned, and the kernels
+read metadata only from a private aligned int32 copy (:class:`pytest_ssd.chunking.SealedMetadata`). The binaries a call uses are therefore fixed by the layer, the
 model/state dtypes and the flags ``HAS_INITSTATES``, ``HAS_D``, ``D_HAS_HDIM``, ``HAS_Z``,
 ``dt_softplus`` and whether ``dt_limit`` is set.
 
@@ -19,11 +19,18 @@ balks); the four launches' constexprs and grids are planned once per layer and f
 (:func:`_stage_plans`, kept per flat key in ``_PLANS``); on a GPU, after Triton's JIT has picked a stage's binary once, later
 launches go to that binary directly (:class:`pytest_ssd.triton_compat.DirectLauncher`); and
 metadata built by :func:`pytest_ssd.chunking.chunk_metadata` is not read back.
+
+Memory safety: the kernels index memory with the chunk metadata, so they never read the
+caller's metadata tensors. They read a private int32 copy, built from values that were checked
+on the host (by :func:`pytest_ssd.chunking.chunk_metadata`, or here once per set of tensors), that
+no caller holds: a write to the caller's tensors after the check (``.data``, ``.numpy()``,
+DLPack, another kernel) cannot reach them (:class:`pytest_ssd.chunking.SealedStore`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -33,9 +40,10 @@ import triton
 from .. import chunking
 from ..chunking import METADATA_NAMES
 from ..compile_only import compile_only_active
-from ..triton_compat import DirectLauncher
-from ..validation import (MODEL_DTYPES, STATE_DTYPES, check_contiguous, check_cu_seqlens, check_divides,
-                          check_dt_limit, check_dtype, check_power_of_two, check_same_device, check_shape,
+from ..triton_compat import DirectLauncher, watch_jit_cache
+from ..validation import (MAX_CHUNK_SIZE, MAX_TOKENS, MODEL_DTYPES, STATE_DTYPES, check_bool, check_contiguous,
+                          check_divides, check_dt_limit, check_dtype, check_int32_values, check_no_overlap,
+                          check_offsets, check_power_of_two, check_same_device, check_shape,
                           contiguous_strides, optional_shape)
 from .bmm import BMM_CHUNK
 from .chunk_scan import CHUNK_SCAN
@@ -77,9 +85,13 @@ def mamba_chunk_scan_combined_varlen(
     ``dt_bias`` (H,) and ``D`` (H,) or (H,P) float32; ``initial_states`` (S,H,P,N) in float32,
     float16 or bfloat16. Metadata as :func:`pytest_ssd.chunking.chunk_metadata` builds it:
     ``cu_seqlens`` (S+1,), ``cu_chunk_seqlens`` (C+1,), ``seq_idx`` (C,), ``last_chunk_indices``
-    (S,), integer tensors. Metadata that :func:`pytest_ssd.chunking.chunk_metadata` built is
-    right by construction; any other is checked against ``cu_seqlens`` once per set of tensors
-    (one small device-to-host copy).
+    (S,), integer tensors, every value within int32. Metadata that
+    :func:`pytest_ssd.chunking.chunk_metadata` built is right by construction; any other is
+    checked against ``cu_seqlens`` once per set of tensors (one small device-to-host copy). The
+    kernels read a private copy of what was checked, never the caller's tensors.
+    ``dt_softplus`` and ``return_intermediate_states`` are bools. Limits: T <= 2**31 - 1,
+    at most 65535 sequences and 65535 chunks per call, ``chunk_size`` a power of two in
+    [16, 1024]. Forward only: inputs that require grad are refused while grad mode is on.
 
     Computes, per sequence, ``dt' = clamp(softplus(dt + dt_bias))`` (softplus when
     ``dt_softplus``, clamp when ``dt_limit != (0, inf)``), ``h_t = exp(dt'_t A) h_{t-1} +
@@ -95,27 +107,26 @@ def mamba_chunk_scan_combined_varlen(
     """
     metadata = (cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)
     tensors = (x, dt, A, B, C, out, D, z, dt_bias, initial_states)
-    sizes = _fast_sizes(*tensors, metadata, chunk_size, dt_limit, state_dtype)
+    sizes = _fast_sizes(*tensors, metadata, chunk_size, dt_limit, state_dtype, dt_softplus, return_intermediate_states)
     if sizes is None:  # something is off: the full checks say what
-        sizes = _validate(*tensors, metadata, chunk_size, dt_limit, state_dtype)
+        sizes = _validate(*tensors, metadata, chunk_size, dt_limit, state_dtype, dt_softplus,
+                          return_intermediate_states)
     T, H, P, G, N, S, nchunks, lo, hi, device = sizes
 
     real = not compile_only_active()  # compile-only launches are fake: compiled kernels, nothing kept
     interpret, direct = real and device.type == "cpu", real and device.type == "cuda"
     key = (H, G, P, N, chunk_size, x.dtype, None if initial_states is None else initial_states.dtype,
-           D is not None, D is not None and D.dim() == 2, z is not None, dt_bias is not None, bool(dt_softplus),
+           D is not None, D is not None and D.dim() == 2, z is not None, dt_bias is not None, dt_softplus,
            (lo, hi) != (0.0, math.inf), interpret)  # _stage_plans' arguments: built and hashed on every call
     plans = _PLANS.get(key) or _plans_for(key)
-    with _device_guard(device):
+    with _device_guard(device), (_INTERPRETER_LOCK if interpret else _NO_GUARD):
         # Until the first launch the GPU waits for the host: only what the first stage needs
         # comes before it (and the metadata check, whose device-to-host copy comes last).
-        checked = chunking.CHECKED_METADATA.seen(metadata, chunk_size, T)
-        cu_chunks, seq_idx32, last32 = (_normalized_int32(t) for t in metadata[1:])
-        packed = None if checked else torch.cat([_normalized_int32(cu_seqlens), cu_chunks, seq_idx32, last32])
+        sealed = chunking.SEALED.lookup(metadata, chunk_size, T)
         dt_out, dA_cumsum, CB, chunk_states = plans.workspace.carve(nchunks, device)
-        if not checked:
-            _check_metadata(packed.cpu(), S, nchunks, chunk_size, T)
-            chunking.CHECKED_METADATA.remember(metadata, chunk_size, T)
+        if sealed is None:
+            sealed = _check_metadata(metadata, S, nchunks, chunk_size, T, device)
+        cu_chunks, seq_idx32, last32 = sealed  # private, checked copies: what the kernels read
         device_index = device.index if direct else None
         stream = _LAUNCHER.stream(device_index) if direct else None
         chunk_state, bmm, state_passing, chunk_scan = plans[:4]
@@ -135,7 +146,7 @@ def mamba_chunk_scan_combined_varlen(
 
 
 def _validate(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chunk_size, dt_limit,
-              state_dtype) -> tuple:
+              state_dtype, dt_softplus, return_intermediate_states) -> tuple:
     """Every argument check, with a ``ValueError`` naming the argument on the first failure.
 
     Returns ``(T, H, P, G, N, S, nchunks, dt_low, dt_high, device)``. The metadata's contents
@@ -179,7 +190,11 @@ def _validate(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chun
         check_dtype(name, t, (torch.int32, torch.int64))
     if state_dtype is not None and state_dtype not in STATE_DTYPES:
         raise ValueError(f"state_dtype: expected one of (float32, float16, bfloat16) or None, got {state_dtype}")
-    check_power_of_two("chunk_size", chunk_size, minimum=16)
+    check_power_of_two("chunk_size", chunk_size, minimum=16, maximum=MAX_CHUNK_SIZE)
+    check_bool("dt_softplus", dt_softplus)
+    check_bool("return_intermediate_states", return_intermediate_states)
+    if sizes["T"] > MAX_TOKENS:
+        raise ValueError(f"x: at most 2**31 - 1 tokens per call (metadata is int32), got T={sizes['T']}")
     check_divides("ngroups (dimension 1 of B)", sizes["G"], "nheads (dimension 1 of x)", sizes["H"])
     lo, hi = check_dt_limit(dt_limit)
     if sizes["S"] > MAX_GRID_YZ or sizes["C"] > MAX_GRID_YZ:
@@ -193,11 +208,22 @@ def _validate(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chun
         if t is not None:
             check_contiguous(name, t)
             _check_aligned(name, t)
+    check_no_overlap("out", out, {"x": x, "dt": dt, "A": A, "B": B, "C": C, "z": z, "dt_bias": dt_bias, "D": D,
+                                  "initial_states": initial_states})
+    if torch.is_grad_enabled():
+        for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("out", out), ("z", z),
+                        ("dt_bias", dt_bias), ("D", D), ("initial_states", initial_states)):
+            if t is not None and t.requires_grad:
+                raise ValueError(
+                    f"{name}: requires grad, but this kernel is forward-only (no backward: the gradient would be "
+                    f"silently dropped); call it under torch.no_grad() or torch.inference_mode(), or pass "
+                    f"{name}.detach()"
+                )
     return tuple(sizes[k] for k in ("T", "H", "P", "G", "N", "S", "C")) + (lo, hi, device)
 
 
 def _fast_sizes(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chunk_size, dt_limit,
-                state_dtype) -> Optional[tuple]:
+                state_dtype, dt_softplus, return_intermediate_states) -> Optional[tuple]:
     """:func:`_validate`'s result in one cheap pass when every check passes, else None.
 
     A request pays this, not the full checks with their messages (a few microseconds against
@@ -215,10 +241,20 @@ def _fast_sizes(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, ch
     except (AttributeError, TypeError, ValueError, IndexError):
         return None
     dtype, device = x.dtype, x.device
-    for t in (x, dt, A, B, C, out, D, z, dt_bias, initial_states):
-        if t is not None and not (isinstance(t, torch.Tensor) and t.device == device and t.is_contiguous()
-                                  and t.data_ptr() % ALIGNMENT == 0):
+    grad = torch.is_grad_enabled()
+    out_start = out.data_ptr() if isinstance(out, torch.Tensor) else 0
+    out_end = out_start + out.nbytes if out_start else 0
+    for t in (x, dt, A, B, C, D, z, dt_bias, initial_states):
+        if t is None:
+            continue
+        if not (isinstance(t, torch.Tensor) and t.device == device and t.is_contiguous()):
             return None
+        start = t.data_ptr()
+        if start % ALIGNMENT or (start < out_end and out_start < start + t.nbytes) or (grad and t.requires_grad):
+            return None
+    if not (isinstance(out, torch.Tensor) and out.device == device and out.is_contiguous()
+            and out_start % ALIGNMENT == 0 and not (grad and out.requires_grad)):
+        return None
     for t in metadata:
         if not (isinstance(t, torch.Tensor) and t.device == device and t.dtype in (torch.int32, torch.int64)):
             return None
@@ -232,8 +268,10 @@ def _fast_sizes(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, ch
           and cu_seqlens.shape == (S + 1,) and S >= 1 and seq_idx.shape == (nchunks,)
           and cu_chunk_seqlens.shape == (nchunks + 1,) and last_chunk_indices.shape == (S,)
           and (state_dtype is None or state_dtype in STATE_DTYPES)
-          and type(chunk_size) is int and chunk_size >= 16 and not chunk_size & (chunk_size - 1)
-          and G > 0 and H % G == 0 and lo <= hi and S <= MAX_GRID_YZ and nchunks <= MAX_GRID_YZ)
+          and type(chunk_size) is int and 16 <= chunk_size <= MAX_CHUNK_SIZE and not chunk_size & (chunk_size - 1)
+          and (dt_softplus is True or dt_softplus is False)
+          and (return_intermediate_states is True or return_intermediate_states is False)
+          and G > 0 and H % G == 0 and lo <= hi and S <= MAX_GRID_YZ and nchunks <= MAX_GRID_YZ and T <= MAX_TOKENS)
     return (T, H, P, G, N, S, nchunks, lo, hi, device) if ok else None
 
 
@@ -338,6 +376,8 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
 
 
 _LAUNCHER = DirectLauncher()
+# Every recording counts these kernels' JIT caches, so a compile no hook reported still shows.
+watch_jit_cache(CHUNK_STATE.compiled, BMM_CHUNK.compiled, STATE_PASSING.compiled, CHUNK_SCAN.compiled)
 
 
 def _launch(stage: _StagePlan, grid: tuple, args: tuple, device_index: Optional[int], stream: Any) -> None:
@@ -368,20 +408,24 @@ def _check_aligned(name: str, t: torch.Tensor) -> None:
         )
 
 
-def _normalized_int32(t: torch.Tensor) -> torch.Tensor:
-    """int32, contiguous, aligned: one pointer type and alignment for every request (copies only if not)."""
-    if t.dtype != torch.int32 or not t.is_contiguous():
-        t = t.to(torch.int32).contiguous()
-    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone()
+def _check_metadata(metadata: tuple, nseqs: int, nchunks: int, chunk_size: int, total_tokens: int,
+                    device: torch.device) -> chunking.SealedMetadata:
+    """Check the caller's chunk metadata against ``cu_seqlens`` and seal a private int32 copy of it.
 
-
-def _check_metadata(host: torch.Tensor, nseqs: int, nchunks: int, chunk_size: int, total_tokens: int) -> None:
-    """Check the chunk metadata, copied to the host as one tensor ``cu_seqlens + cu_chunk_seqlens +
-    seq_idx + last_chunk_indices``, against ``cu_seqlens``: the kernels index memory with it."""
-    offsets = check_cu_seqlens(host[:nseqs + 1], total_tokens, "cu_seqlens")
-    rest = host[nseqs + 1:].tolist()
-    chunking.check_chunk_offsets(offsets, chunk_size, rest[:nchunks + 1], rest[nchunks + 1:2 * nchunks + 1],
-                                 rest[2 * nchunks + 1:])
+    One device-to-host copy of the four tensors, in their own dtype (int64 values are checked
+    before anything narrows them); the kernels index memory with these values. The copy the
+    kernels read is built from the values checked here, so no write after the check reaches them.
+    """
+    host = torch.cat([t.reshape(-1).to(torch.int64) for t in metadata]).cpu().tolist()
+    offsets = host[:nseqs + 1]
+    rest = host[nseqs + 1:]
+    lists = (rest[:nchunks + 1], rest[nchunks + 1:2 * nchunks + 1], rest[2 * nchunks + 1:])
+    check_offsets("cu_seqlens", offsets, total_tokens)
+    for name, values in zip(METADATA_NAMES[1:], lists):
+        check_int32_values(name, values)
+    chunking.check_chunk_offsets(offsets, chunk_size, *lists)
+    _, views = chunking.packed_int32(lists, device)
+    return chunking.SEALED.seal(metadata, chunk_size, total_tokens, views)
 
 
 def _device_guard(device: torch.device):
@@ -393,6 +437,8 @@ def _device_guard(device: torch.device):
 
 
 _NO_GUARD = contextlib.nullcontext()
+# Triton's interpreter patches triton.language while it runs a kernel: one interpreted call at a time.
+_INTERPRETER_LOCK = threading.Lock()
 
 
 # A config override (the tuning sweep) changes what the plans hold: plans and kept binaries go.

@@ -3,23 +3,35 @@
 Our own calls into vLLM's released entry point (nothing of vLLM's code is copied): one chunk of
 randn input per call, like vLLM's warmup, with one combination left out.
 """
+import os
+
 import torch
 
 from pytest_ssd.adapters import _state_cache
 from pytest_ssd.layer import make_ssd_inputs
+from pytest_ssd.options import load_callable
 
-ENTRY = "vllm.model_executor.layers.mamba.ops.ssd_combined:mamba_chunk_scan_combined_varlen"
+# The released package here; a copy of its ops on a GPU machine without vLLM
+# (benchmarks/peers/copy_ops.py: vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen).
+ENTRY = os.environ.get("PEER_VLLM_ENTRY",
+                       "vllm.model_executor.layers.mamba.ops.ssd_combined:mamba_chunk_scan_combined_varlen")
 
 
 def _call(layer, initial_states: bool, final_states_out: bool) -> None:
-    from vllm.model_executor.layers.mamba.ops.ssd_combined import mamba_chunk_scan_combined_varlen
-
+    mamba_chunk_scan_combined_varlen = load_callable(ENTRY, "PEER_VLLM_ENTRY")
     inputs = make_ssd_inputs(layer, [layer.chunk_size], seed=0, with_initial_states=initial_states)
     kwargs = inputs.kernel_kwargs(layer)
     if final_states_out:
         cache, slots = _state_cache(layer, inputs)
         kwargs.update(final_states_out=cache, final_state_indices=slots)
     mamba_chunk_scan_combined_varlen(out=torch.empty_like(inputs.x), **kwargs)
+
+
+def warm_like_vllm(layer) -> None:
+    """The four calls vLLM 0.33's own warmup makes: initial states x final_states_out."""
+    for init in (False, True):
+        for final in (False, True):
+            _call(layer, init, final)
 
 
 def warm_without_initial_states(layer) -> None:
