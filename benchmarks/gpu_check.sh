@@ -8,7 +8,11 @@
 #   bench.json   benchmarks/bench_kernel.py (steady state, first request, warmup; fresh processes)
 #   probe.json   benchmarks/probe_first_request.py (where a request's wall time goes, idle vs busy GPU)
 #   host.json    benchmarks/probe_first_request.py --host (host time per step of a warm call, per launch path)
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|suite|latency|recorder|kernel|probe|host ...]
+#   gpu.log      only the gpu-marked tests (a quicker subset of tests)
+#   peers_*.json the suite on vLLM's released ops (correctness, warmth verdicts with real launches,
+#                latency) and mamba-ssm's; needs .peers/ops (benchmarks/peers/copy_ops.sh; carry ".peers/ops")
+#   peers.json   benchmarks/bench_peers.py: our kernel beside vLLM's ops, fresh processes, 3 dtypes
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|gpu|suite|latency|recorder|kernel|probe|host|peers|benchpeers ...]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -23,6 +27,11 @@ for step in $steps; do
   echo "=== $step"
   case $step in
     tests)    python3 -m pytest -p pytest_ssd -n 8 -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/tests.log" ;;
+    gpu)      python3 -m pytest -p pytest_ssd -m gpu -n 4 -q -p no:cacheprovider -rs tests 2>&1 | tee "$OUT/gpu.log" ;;
+    peers)    bash benchmarks/peers/gpu_suite.sh "$OUT" ;;
+    benchpeers) PYTHONPATH="$PWD/.peers/ops:$PWD/tests/peers:$PYTHONPATH" \
+                PEER_VLLM_ENTRY=vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen \
+                python3 benchmarks/bench_peers.py "$OUT/peers.json" --timeout 240 2>&1 | tail -8 ;;
     suite)    python3 -m pytest -p pytest_ssd --pyargs pytest_ssd.suite -q -p no:cacheprovider -rs \
                 --ssd-report "$OUT/suite.json" 2>&1 | tee "$OUT/suite.log" ;;
     latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" --rounds 3 2>&1 | tail -12 ;;

@@ -5,7 +5,9 @@ without the rest of the peer (a GPU machine here has no network and no vLLM):
 
   .peers/ops/vllm_ssd_ops/   vLLM's ops/ssd_*.py + triton_helpers.py, imports pointed at plain
                              triton and two small stand-ins written here (platform, softplus)
-  .peers/ops/mamba_ssm/      mamba-ssm's package as installed (its Triton files are plain Python)
+  .peers/ops/mamba_ssm/      mamba-ssm's package as installed (its Triton files are plain Python),
+                             with an empty package __init__: the released one imports the CUDA
+                             extension (selective_scan_cuda) that MAMBA_SKIP_CUDA_BUILD leaves out
 
 The kernels are theirs and stay out of git (.peers/ is ignored). Then, e.g.
 ``--ssd-kernel vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen`` with
@@ -83,6 +85,8 @@ def copy_vllm(site: str, dest: str) -> None:
 def copy_mamba_ssm(site: str, dest: str) -> None:
     shutil.copytree(os.path.join(site, "mamba_ssm"), os.path.join(dest, "mamba_ssm"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    with open(os.path.join(dest, "mamba_ssm", "__init__.py"), "w") as fh:
+        fh.write("# Emptied by pytest-ssd's copy_ops.py: the released __init__ imports its CUDA extension.\n")
 
 
 def main() -> None:

@@ -4,8 +4,17 @@
     CUDA_VISIBLE_DEVICES= .peers/venv/bin/python -m pytest tests/peers -v     # or: tox -e peers
 """
 import os
+import sys
 
 import pytest
+
+# mamba-ssm's released package __init__ imports a CUDA extension that a Triton-only install
+# lacks: its ops import from the copy in .peers/ops (benchmarks/peers/copy_ops.py), here and in
+# the verdicts' fresh processes.
+OPS = os.path.join(os.path.dirname(__file__), "..", "..", ".peers", "ops")
+if os.path.isdir(OPS):
+    sys.path.insert(0, os.path.abspath(OPS))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(OPS), os.environ.get("PYTHONPATH")]))
 
 
 def _importable(module: str) -> bool:
@@ -19,8 +28,8 @@ def _importable(module: str) -> bool:
 def pytest_collection_modifyitems(config, items):
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     for item in items:
-        for peer in ("vllm", "mamba_ssm"):
-            if item.get_closest_marker(f"peer_{peer}") and not _importable(peer):
+        for peer, module in (("vllm", "vllm"), ("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined")):
+            if item.get_closest_marker(f"peer_{peer}") and not _importable(module):
                 item.add_marker(pytest.mark.skip(reason=f"{peer} is not installed: bash benchmarks/peers/setup.sh"))
 
 

@@ -50,3 +50,17 @@ def warm_only_final_states_out(layer) -> None:
     """Only the serving path: the returned-states path stays cold."""
     for init in (False, True):
         _call(layer, init, True)
+
+
+MAMBA_ENTRY = "mamba_ssm.ops.triton.ssd_combined:mamba_chunk_scan_combined"
+
+
+def warm_mamba_ssm(layer) -> None:
+    """The seed's recipe on mamba_ssm's batched API: one chunk of randn, without and with
+    initial states, in the inference dtypes (its own kernels take the integer ``seqlen``)."""
+    from pytest_ssd.adapters import SSDKernel
+
+    kernel = SSDKernel(fn=load_callable(MAMBA_ENTRY, "mamba_ssm entry"), api="mamba_ssm", name=MAMBA_ENTRY)
+    for init in (False, True):
+        inputs = make_ssd_inputs(layer, [layer.chunk_size], seed=0, with_initial_states=init)
+        kernel.run(layer, inputs)
