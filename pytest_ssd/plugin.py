@@ -71,10 +71,45 @@ def _isolate_triton_cache(worker: Optional[str], persist_dir: Optional[str]) -> 
         os.environ["TRITON_CACHE_DIR"] = os.path.join(base, f"pytest-ssd-{worker}")
 
 
+# ---- Triton's interpreter: settled before conftest files load ---------------------------------
+
+class _EarlyOptions:
+    """What :func:`resolve` reads, before pytest has put the command line into ``config.option``."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+
+    def getoption(self, dest: str):
+        return getattr(self._config.known_args_namespace, dest, None)
+
+    def getini(self, name: str):
+        return self._config.getini(name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Make the session and settle interpreter mode before any conftest file is imported: one that
+    imports triton (as this repository's tests/conftest.py does) would come before TRITON_INTERPRET.
+
+    Not in an xdist worker: there GPU placement comes first, and the controller already set
+    TRITON_INTERPRET for it; pytest_configure settles the rest. A bad option is left to
+    pytest_configure to report.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        return
+    try:
+        settings = resolve(_EarlyOptions(early_config))
+    except pytest.UsageError:
+        return
+    session = early_config.stash[SESSION_KEY] = SSDSession(settings, worker="main", gpu=None)
+    session.settle_interpreter()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    settings = resolve(config)
+    early = config.stash.get(SESSION_KEY, None)  # made before conftest files loaded
+    settings = early.settings if early is not None else resolve(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput and "ssd_seed" in workerinput:
         settings = dataclasses.replace(settings, seed=workerinput["ssd_seed"],
@@ -88,9 +123,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if not torch.cuda.is_available():
             raise pytest.UsageError("pytest-ssd: --ssd-device cuda, but torch.cuda.is_available() is False; "
                                     "use --ssd-device cpu or auto")
-    session = SSDSession(settings, worker=worker or "main", gpu=gpu)
+    session = early if early is not None else SSDSession(settings, worker=worker or "main", gpu=gpu)
     config.stash[SESSION_KEY] = session
     config.stash[CONTROLLER_KEY] = []
+    session.settle_interpreter()  # once: a session made before conftests settled it already
     if settings.compile_only:
         from .compile_only import compile_only
 

@@ -60,11 +60,15 @@ class WorkerReport:
     # describe() lines; None until something measured it (it needs a cold recording of the
     # workload, see pytest_ssd.coverage.compare(workload_cold=...)): unknown is not zero.
     unused_binaries: Optional[list] = None
+    # What Triton's interpreter was found to get wrong, and what the suite did about it: the bf16
+    # tl.dot probe (pytest_ssd.interpreter.DotProbe.to_dict()), its skip reason, cases skipped.
+    # None where no interpreted bf16 case ran.
+    interpreter: Optional[dict] = None
 
     @property
     def recorded_anything(self) -> bool:
-        """Whether this worker warmed, met a cold event, or measured latency."""
-        return bool(self.warmups or self.cold or self.latency)
+        """Whether this worker warmed, met a cold event, measured latency, or probed the interpreter."""
+        return bool(self.warmups or self.cold or self.latency or self.interpreter)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +82,7 @@ class WorkerReport:
             cold=[ColdRecord(**c) for c in data.get("cold", [])],
             latency=[LatencyRecord(**r) for r in data.get("latency", [])],
             unused_binaries=data.get("unused_binaries"),
+            interpreter=data.get("interpreter"),
         )
 
 
@@ -142,6 +147,11 @@ class SessionReport:
                     f"latency {where} {r.nodeid} {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
                     f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
                 )
+            if wr.interpreter:
+                probe, reason = wr.interpreter["bf16_dot"], wr.interpreter["bf16_skip_reason"]
+                lines.append(f"interpreter {where}: " + (
+                    f"{wr.interpreter['bf16_cases_skipped']} bf16 correctness case(s) skipped: {reason}" if reason
+                    else f"Triton {probe['triton']}'s interpreter computes bf16 tl.dot exactly (probe): bf16 cases judged"))
             if wr.unused_binaries:
                 lines.append(f"unused warm binaries {where}: {len(wr.unused_binaries)}")
                 lines.extend("    " + line for line in wr.unused_binaries)

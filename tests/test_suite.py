@@ -49,7 +49,7 @@ SUITE = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprov
 def test_suite_passes_on_our_kernel(pytester):
     report = pytester.path / "suite.json"
     result = pytester.runpytest(*SUITE, "--ssd-seed", "3", f"--ssd-report={report}", "-rs")
-    result.assert_outcomes(passed=13, skipped=1)  # 12 correctness cases + coverage; latency is GPU-only
+    result.assert_outcomes(passed=14, skipped=1)  # 13 correctness cases + coverage; latency is GPU-only
     result.stdout.fnmatch_lines(["*latency is judged on a GPU only*"])
     data = json.loads(report.read_text())
     warmups = [w for wr in data["workers"] for w in wr["warmups"]]
