@@ -86,30 +86,32 @@ class _EarlyOptions:
         return self._config.getini(name)
 
 
+EARLY_KEY = pytest.StashKey[SSDSession]()  # settled interpreter mode before conftest files loaded
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    """Make the session and settle interpreter mode before any conftest file is imported: one that
-    imports triton (as this repository's tests/conftest.py does) would come before TRITON_INTERPRET.
+    """Settle interpreter mode before any conftest file is imported: one that imports triton (as
+    this repository's tests/conftest.py does) would come before TRITON_INTERPRET.
 
-    Not in an xdist worker: there GPU placement comes first, and the controller already set
-    TRITON_INTERPRET for it; pytest_configure settles the rest. A bad option is left to
-    pytest_configure to report.
+    Not where that needs CUDA in an xdist worker (``--ssd-device auto``): GPU placement comes
+    first there, the controller has set TRITON_INTERPRET for it already, and pytest_configure
+    settles the rest. A bad option is left to pytest_configure to report.
     """
-    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
-        return
     try:
         settings = resolve(_EarlyOptions(early_config))
     except pytest.UsageError:
         return
-    session = early_config.stash[SESSION_KEY] = SSDSession(settings, worker="main", gpu=None)
-    session.settle_interpreter()
+    if settings.device == "auto" and os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        return
+    early = early_config.stash[EARLY_KEY] = SSDSession(settings, worker="main", gpu=None)
+    early.settle_interpreter()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    early = config.stash.get(SESSION_KEY, None)  # made before conftest files loaded
-    settings = early.settings if early is not None else resolve(config)
+    settings = resolve(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput and "ssd_seed" in workerinput:
         settings = dataclasses.replace(settings, seed=workerinput["ssd_seed"],
@@ -123,10 +125,12 @@ def pytest_configure(config: pytest.Config) -> None:
         if not torch.cuda.is_available():
             raise pytest.UsageError("pytest-ssd: --ssd-device cuda, but torch.cuda.is_available() is False; "
                                     "use --ssd-device cpu or auto")
-    session = early if early is not None else SSDSession(settings, worker=worker or "main", gpu=gpu)
+    session = SSDSession(settings, worker=worker or "main", gpu=gpu)
     config.stash[SESSION_KEY] = session
     config.stash[CONTROLLER_KEY] = []
-    session.settle_interpreter()  # once: a session made before conftests settled it already
+    if EARLY_KEY in config.stash:
+        session.adopt_interpreter(config.stash[EARLY_KEY])
+    session.settle_interpreter()  # where nothing settled it before conftest files loaded
     if settings.compile_only:
         from .compile_only import compile_only
 

@@ -150,6 +150,12 @@ class SSDSession:
         self.cleanup.enter_context(interpreter_autotuning())
         self.cleanup.enter_context(cpu_device_guards())
 
+    def adopt_interpreter(self, early: "SSDSession") -> None:
+        """Take over what ``early`` (a session made before conftest files loaded) settled: this
+        session takes it back when it ends."""
+        self._interpreter_settled = early._interpreter_settled
+        self.cleanup.enter_context(early.cleanup.pop_all())
+
     def interpreter_skip_reason(self, dtype: Any) -> Optional[str]:
         """Why a correctness case in ``dtype`` cannot judge this session's interpreted kernel (None: it can).
 
