@@ -105,6 +105,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     if settings.device == "auto" and os.environ.get("PYTEST_XDIST_WORKER") is not None:
         return
     early = early_config.stash[EARLY_KEY] = SSDSession(settings, worker="main", gpu=None)
+    early_config.add_cleanup(early.cleanup.close)  # a no-op once pytest_configure's session took it over
     early.settle_interpreter()
 
 

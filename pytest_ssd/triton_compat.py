@@ -55,8 +55,8 @@ def kernel_pair(
 
     ``autotune_configs``/``autotune_key`` wrap both kernels in an autotuner (:func:`autotune`);
     the interpreted one tunes with :func:`interpreter_benchmarker`: each config is launched once
-    while tuning, and the first one wins (Triton 3.3+: 3.2's interpreter rejects the launch
-    options a ``triton.Config`` passes).
+    while tuning, and the first one wins (Triton 3.3+; on 3.2 only inside
+    :func:`interpreter_autotuning`: 3.2's interpreter rejects launch options a ``triton.Config`` passes).
     """
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction

@@ -43,7 +43,8 @@ def ssd(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_ind
                               dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
                               output_dtype=torch.float32)
     flat = y.reshape(-1)
-    _write[lambda meta: (triton.cdiv(flat.numel(), meta["BLOCK"]),)](flat, out, flat.numel())
+    with torch.cuda.device(x.device.index):  # as GPU kernels guard their launches (mamba_ssm's do)
+        _write[lambda meta: (triton.cdiv(flat.numel(), meta["BLOCK"]),)](flat, out, flat.numel())
     return states.to(state_dtype or x.dtype)
 
 
@@ -188,3 +189,27 @@ def test_tunes_interpreted_follows_the_fn_chain():
     assert triton_compat.tunes_interpreted(triton_compat.autotune(InterpretedFunction(kt.fill), configs, []))
     assert not triton_compat.tunes_interpreted(triton_compat.autotune(JITFunction(kt.fill), configs, []))
     assert not triton_compat.tunes_interpreted(kt.fill)
+
+
+def test_cpu_device_guards_make_a_cpu_tensors_device_guard_a_no_op():
+    import torch
+
+    from pytest_ssd.interpreter import cpu_device_guards
+
+    enter = torch.cuda.device.__enter__
+    with cpu_device_guards():
+        with torch.cuda.device(torch.zeros(1).device.index):  # index None
+            assert torch.zeros(1).device.type == "cpu"
+    assert torch.cuda.device.__enter__ is enter
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_same_kernels_are_judged_in_every_dtype(toy):
+    # Compiled, not interpreted: nothing is skipped, and the wrong kernel fails bf16 too.
+    gpu = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprovider", "--ssd-device", "cuda",
+           "-k", "correctness and varlen_mix", "--ssd-kernel-api", "vllm")
+    right = toy.runpytest_subprocess(*gpu, "--ssd-kernel", "toy:ssd")
+    right.assert_outcomes(passed=3)
+    wrong = toy.runpytest_subprocess(*gpu, "--ssd-kernel", "toy:wrong_sign")
+    wrong.assert_outcomes(failed=3)
+    wrong.stdout.fnmatch_lines(["*SSD kernel disagrees with the reference (bfloat16):*"])
