@@ -1,8 +1,9 @@
 """Compare a kernel's output and final states with the reference, and explain a mismatch.
 
 The message says which tensor, how many elements are off, the worst one (index, sequence,
-kernel value, reference value, allowed error), and the seed to reproduce it. NaN or inf in the
-kernel's result always fails, whatever the tolerance.
+kernel value, reference value, allowed error), and the seed to reproduce it; a float32 mismatch
+on a GPU whose errors are TF32-sized says that too. NaN or inf in the kernel's result always
+fails, whatever the tolerance.
 """
 from __future__ import annotations
 
@@ -99,6 +100,30 @@ def mismatch_report(
     )
 
 
+# Relative RMS errors that TF32 products leave in float32 results: 10-bit mantissas, unit
+# roundoff 2^-11 ~ 5e-4 per operand. A wrong formula or index is off by far more.
+TF32_SIZED = (1e-4, 1e-2)
+
+
+def tf32_hint(actual: torch.Tensor, expected: torch.Tensor) -> Optional[str]:
+    """A line for a float32 mismatch whose errors are the size TF32 dots give, else None.
+
+    Measured as ``rms(actual - expected) / rms(expected)`` over the whole tensor.
+    """
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    scale = float(e.pow(2).mean().sqrt())
+    if not (scale > 0 and bool(torch.isfinite(a).all())):
+        return None
+    relative = float((a - e).pow(2).mean().sqrt()) / scale
+    if not TF32_SIZED[0] <= relative <= TF32_SIZED[1]:
+        return None
+    return (f"errors of ~1e-3 relative in fp32 are what TF32 dots give (here {relative:.1e} RMS relative): "
+            f"Triton computes a float32 tl.dot in TF32 on NVIDIA GPUs by default (input_precision='tf32'); "
+            f"a float32 model's kernel wants input_precision='ieee' (or 'tf32x3'). The fp32 tolerance is "
+            f"not loosened for TF32.")
+
+
 def assert_ssd_close(
     out: torch.Tensor,
     final_states: Optional[torch.Tensor],
@@ -117,7 +142,8 @@ def assert_ssd_close(
     ``dtype`` is the model dtype: ``out`` must have it, and it picks the tolerance
     (:data:`TOLERANCES`); ``state_dtype``, when given, is the dtype ``final_states`` must have.
     States are compared with ``state_tol`` (default: the same tolerance); states on one side only
-    fail. ``seed`` (int or text saying how to reproduce) is printed in the failure message.
+    fail. ``seed`` (int or text saying how to reproduce) is printed in the failure message. A
+    float32 mismatch on a GPU whose errors are TF32-sized says so (:func:`tf32_hint`).
     Raises ``ValueError`` for a bad ``dtype`` or tolerance, ``AssertionError`` on a mismatch.
     """
     tol = tolerance_for(dtype) if tol is None else _checked_tolerance("tol", tol)
@@ -132,12 +158,17 @@ def assert_ssd_close(
     if state_dtype is not None and final_states is not None and final_states.dtype != state_dtype:
         problems.append(f"final_states: dtype {dtype_name(final_states.dtype)}, expected {dtype_name(state_dtype)}")
     problems.append(mismatch_report("out", out, ref_out, tol, token_axis=0, cu_seqlens=offsets))
+    compared = [(problems[-1], out, ref_out)]
     if (ref_final_states is None) != (final_states is None):
         kernel_side = "returned None" if final_states is None else "returned states"
         ref_side = "has none" if ref_final_states is None else "has states"
         problems.append(f"final_states: the kernel {kernel_side}, the reference {ref_side}; compare both or neither")
     elif ref_final_states is not None:
         problems.append(mismatch_report("final_states", final_states, ref_final_states, state_tol))
+        compared.append((problems[-1], final_states, ref_final_states))
+    if dtype == torch.float32 and out.is_cuda:  # one hint line, from the first TF32-sized mismatch
+        hints = (tf32_hint(a, e) for problem, a, e in compared if problem and tuple(a.shape) == tuple(e.shape))
+        problems.append(next((h for h in hints if h), None))
     problems = [p for p in problems if p]
     if problems:
         seed_line = f"\nseed: {seed}" if seed is not None else ""

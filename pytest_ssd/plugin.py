@@ -71,6 +71,44 @@ def _isolate_triton_cache(worker: Optional[str], persist_dir: Optional[str]) -> 
         os.environ["TRITON_CACHE_DIR"] = os.path.join(base, f"pytest-ssd-{worker}")
 
 
+# ---- Triton's interpreter: settled before conftest files load ---------------------------------
+
+class _EarlyOptions:
+    """What :func:`resolve` reads, before pytest has put the command line into ``config.option``."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+
+    def getoption(self, dest: str):
+        return getattr(self._config.known_args_namespace, dest, None)
+
+    def getini(self, name: str):
+        return self._config.getini(name)
+
+
+EARLY_KEY = pytest.StashKey[SSDSession]()  # settled interpreter mode before conftest files loaded
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Settle interpreter mode before any conftest file is imported: one that imports triton (as
+    this repository's tests/conftest.py does) would come before TRITON_INTERPRET.
+
+    Not where that needs CUDA in an xdist worker (``--ssd-device auto``): GPU placement comes
+    first there, the controller has set TRITON_INTERPRET for it already, and pytest_configure
+    settles the rest. A bad option is left to pytest_configure to report.
+    """
+    try:
+        settings = resolve(_EarlyOptions(early_config))
+    except pytest.UsageError:
+        return
+    if settings.device == "auto" and os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        return
+    early = early_config.stash[EARLY_KEY] = SSDSession(settings, worker="main", gpu=None)
+    early_config.add_cleanup(early.cleanup.close)  # a no-op once pytest_configure's session took it over
+    early.settle_interpreter()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
@@ -92,6 +130,9 @@ def pytest_configure(config: pytest.Config) -> None:
     session = SSDSession(settings, worker=worker or "main", gpu=gpu)
     config.stash[SESSION_KEY] = session
     config.stash[CONTROLLER_KEY] = []
+    if EARLY_KEY in config.stash:
+        session.adopt_interpreter(config.stash[EARLY_KEY])
+    session.settle_interpreter()  # where nothing settled it before conftest files loaded
     if settings.compile_only:
         from .compile_only import compile_only
 

@@ -9,6 +9,14 @@ H heads of P channels, G groups of B/C with N states each; head ``h`` reads grou
     y_t = C_t h_t + D x_t                             contract over N
     y_t = y_t * silu(z_t)                             only when z is given
 
+The step size is ``dt' = clamp(softplus(dt + dt_bias), *dt_limit)``: softplus only with
+``dt_softplus``, and the clamp always, also with the default ``dt_limit=(0, inf)``. That is what
+the kernels do: vLLM's ``_chunk_cumsum_fwd_kernel`` and mamba_ssm's clamp dt' to ``dt_limit``
+unconditionally (their PyTorch paths skip the clamp for ``(0, inf)``, which differs only where
+dt' < 0), and so does the bundled kernel. After softplus dt' > 0 and the default clamp changes
+nothing; without softplus it turns a negative dt' into 0: that token neither decays nor adds
+to the state (a negative dt' would make exp(dt' A) > 1, a state that grows).
+
 Two forms compute this: :func:`ssd_reference_sequential`, a loop over tokens to check by
 eye, and :func:`ssd_reference_chunked`, the SSD block decomposition (quadratic inside a
 chunk, a recurrence over chunk states) that is fast enough for long sequences. Both upcast
@@ -41,7 +49,7 @@ from .validation import (
 __all__ = ["ssd_reference", "ssd_reference_sequential", "ssd_reference_chunked"]
 
 METHODS = ("chunked", "sequential")
-_NO_DT_LIMIT = (0.0, float("inf"))
+_DEFAULT_DT_LIMIT = (0.0, float("inf"))
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,7 @@ class _Problem:
     """Validated arguments, upcast to float64, with dt already processed into dt'."""
 
     x: torch.Tensor  # (T, H, P)
-    dt: torch.Tensor  # (T, H): dt' = clamp(softplus(dt + dt_bias))
+    dt: torch.Tensor  # (T, H): dt' = clamp(softplus(dt + dt_bias), *dt_limit)
     A: torch.Tensor  # (H,)
     B: torch.Tensor  # (T, G, N)
     C: torch.Tensor  # (T, G, N)
@@ -117,10 +125,7 @@ def _prepare(
         dt = dt + dt_bias.to(f64)
     if dt_softplus:
         dt = F.softplus(dt)  # threshold 20 (identity above), as the kernels' softplus
-    # (0, inf) means "no limit", as in mamba_ssm's and vLLM's PyTorch paths. (vLLM's Triton
-    # kernel clamps always, which differs only for a negative dt', possible without softplus.)
-    if dt_limit != _NO_DT_LIMIT:
-        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])  # always, as the kernels (module docstring)
     H, P, N = sizes["H"], sizes["P"], sizes["N"]
     if initial_states is None:
         initial_states = torch.zeros(len(offsets) - 1, H, P, N, dtype=f64, device=x.device)
@@ -137,7 +142,7 @@ def _prepare(
         initial_states=initial_states.to(f64),
         offsets=offsets,
         out_dtype=x.dtype if output_dtype is None else output_dtype,
-        state_dtype=torch.float32 if output_dtype is None else output_dtype,
+        state_dtype=output_dtype or (f64 if x.dtype == f64 else torch.float32),
     )
 
 
@@ -153,7 +158,7 @@ def ssd_reference_sequential(
     z: Optional[torch.Tensor] = None,
     dt_bias: Optional[torch.Tensor] = None,
     dt_softplus: bool = False,
-    dt_limit: Sequence[float] = _NO_DT_LIMIT,
+    dt_limit: Sequence[float] = _DEFAULT_DT_LIMIT,
     initial_states: Optional[torch.Tensor] = None,
     output_dtype: Optional[torch.dtype] = None,
 ) -> tuple:
@@ -208,7 +213,7 @@ def ssd_reference_chunked(
     z: Optional[torch.Tensor] = None,
     dt_bias: Optional[torch.Tensor] = None,
     dt_softplus: bool = False,
-    dt_limit: Sequence[float] = _NO_DT_LIMIT,
+    dt_limit: Sequence[float] = _DEFAULT_DT_LIMIT,
     initial_states: Optional[torch.Tensor] = None,
     chunk_size: int = 64,
     output_dtype: Optional[torch.dtype] = None,
@@ -300,7 +305,7 @@ def ssd_reference(
     z: Optional[torch.Tensor] = None,
     dt_bias: Optional[torch.Tensor] = None,
     dt_softplus: bool = False,
-    dt_limit: Sequence[float] = _NO_DT_LIMIT,
+    dt_limit: Sequence[float] = _DEFAULT_DT_LIMIT,
     initial_states: Optional[torch.Tensor] = None,
     method: str = "chunked",
     chunk_size: int = 64,
@@ -318,12 +323,14 @@ def ssd_reference(
         z: (T, H, P) float gate, or None.
         dt_bias: (H,) float added to dt, or None.
         dt_softplus: apply softplus to ``dt + dt_bias``.
-        dt_limit: clamp dt' to ``(low, high)``; the default ``(0, inf)`` means no clamp.
+        dt_limit: clamp dt' to ``(low, high)``, always: the default ``(0, inf)`` turns a negative
+            dt' (possible without softplus) into 0, as the kernels do (see the module docstring).
         initial_states: (S, H, P, N) float, or None for zeros.
         method: "chunked" (fast) or "sequential" (the token loop).
         chunk_size: power of two, chunk length of the chunked form (the result does not depend on it).
-        output_dtype: dtype of both results; default x's dtype for ``out``, float32 for states.
-            Pass torch.float64 to compare without rounding.
+        output_dtype: dtype of both results; default x's dtype for ``out``, and for states float64
+            when x is float64, else float32 (the kernels' state dtype). Pass torch.float64 to
+            compare without rounding.
 
     Returns:
         ``(out (T, H, P), final_states (S, H, P, N))``; all arithmetic is float64.

@@ -79,11 +79,16 @@ class WorkerReport:
     cold: list = field(default_factory=list)  # ColdRecord
     latency: list = field(default_factory=list)  # LatencyRecord
     verdicts: list = field(default_factory=list)  # VerdictRecord
+    # What Triton's interpreter was found to get wrong, and what the suite did about it: the bf16
+    # tl.dot probe (pytest_ssd.interpreter.DotProbe.to_dict()), its skip reason, cases skipped.
+    # None where no interpreted bf16 case ran.
+    interpreter: Optional[dict] = None
 
     @property
     def recorded_anything(self) -> bool:
-        """Whether this worker warmed, met a cold event, measured latency or judged warmth."""
-        return bool(self.warmups or self.cold or self.latency or self.verdicts)
+        """Whether this worker warmed, met a cold event, measured latency, judged warmth or probed
+        the interpreter."""
+        return bool(self.warmups or self.cold or self.latency or self.verdicts or self.interpreter)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +102,7 @@ class WorkerReport:
             cold=[ColdRecord(**c) for c in data.get("cold", [])],
             latency=[LatencyRecord(**r) for r in data.get("latency", [])],
             verdicts=[VerdictRecord(**v) for v in data.get("verdicts", [])],
+            interpreter=data.get("interpreter"),
         )
 
 
@@ -165,6 +171,11 @@ class SessionReport:
                     f"latency {where} {r.nodeid} {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
                     f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
                 )
+            if wr.interpreter:
+                probe, reason = wr.interpreter["bf16_dot"], wr.interpreter["bf16_skip_reason"]
+                lines.append(f"interpreter {where}: " + (
+                    f"{wr.interpreter['bf16_cases_skipped']} bf16 correctness case(s) skipped: {reason}" if reason
+                    else f"Triton {probe['triton']}'s interpreter computes bf16 tl.dot exactly (probe): bf16 cases judged"))
         lines.extend(self.verdict_lines())
         t = self.totals()
         lines.append(

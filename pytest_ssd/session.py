@@ -9,7 +9,9 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional
@@ -92,6 +94,7 @@ class SSDSession:
         self._kernel = None
         self._warmup_fn: Optional[Callable] = None
         self._mode: Optional[Mode] = None
+        self._interpreter_settled = False
         self.cleanup = contextlib.ExitStack()  # closed at pytest_unconfigure
 
     # ---- mode -----------------------------------------------------------------------------
@@ -114,9 +117,66 @@ class SSDSession:
 
     @property
     def kernel_interpreted(self) -> bool:
-        """A third-party kernel on CPU runs under Triton's interpreter: it never compiles."""
-        mode = self.mode
-        return self.settings.kernel != DEFAULT_KERNEL and mode.device == "cpu" and not mode.compile_only
+        """A third-party kernel on CPU runs under Triton's interpreter: it never compiles.
+
+        Decided without importing torch for the bundled kernel or compile-only mode."""
+        s = self.settings
+        return s.kernel != DEFAULT_KERNEL and not s.compile_only and self.mode.device == "cpu"
+
+    def settle_interpreter(self) -> None:
+        """Before anything imports triton: set ``TRITON_INTERPRET=1`` for an interpreted kernel.
+
+        Triton reads it when a kernel is decorated, its own ``triton.language`` helpers included
+        (decorated when triton is imported): a triton imported before it is set leaves JIT helpers
+        that an interpreted kernel cannot call. Every autotuner of an interpreted kernel then tunes
+        without a driver (:func:`pytest_ssd.triton_compat.interpreter_autotuning`: the first config
+        wins), and ``torch.cuda.device`` of a CPU tensor's index is a no-op
+        (:func:`pytest_ssd.interpreter.cpu_device_guards`). All is taken back when the session
+        ends. A ``TRITON_INTERPRET`` of the user's own is left as it is.
+        """
+        if self._interpreter_settled or not self.kernel_interpreted:
+            return
+        self._interpreter_settled = True
+        if "TRITON_INTERPRET" not in os.environ:
+            if "triton" in sys.modules:
+                warnings.warn(
+                    f"pytest-ssd: triton was imported (by a plugin or conftest) before pytest-ssd could set "
+                    f"TRITON_INTERPRET=1 for {self.settings.kernel}; interpreted kernels that call triton.language "
+                    f"helpers will fail. Export TRITON_INTERPRET=1 before running pytest.", stacklevel=2)
+            os.environ["TRITON_INTERPRET"] = "1"
+            self.cleanup.callback(os.environ.pop, "TRITON_INTERPRET", None)
+        from .interpreter import cpu_device_guards
+        from .triton_compat import interpreter_autotuning
+
+        self.cleanup.enter_context(interpreter_autotuning())
+        self.cleanup.enter_context(cpu_device_guards())
+
+    def adopt_interpreter(self, early: "SSDSession") -> None:
+        """Take over what ``early`` (a session made before conftest files loaded) settled: this
+        session takes it back when it ends."""
+        self._interpreter_settled = early._interpreter_settled
+        self.cleanup.enter_context(early.cleanup.pop_all())
+
+    def interpreter_skip_reason(self, dtype: Any) -> Optional[str]:
+        """Why a correctness case in ``dtype`` cannot judge this session's interpreted kernel (None: it can).
+
+        Runs the bf16 probe (:func:`pytest_ssd.interpreter.probe_dot`) at the first bf16 case of
+        an interpreted kernel, once; its outcome, and how many cases it skipped, go into the report.
+        """
+        import torch
+
+        if dtype != torch.bfloat16 or not self.kernel_interpreted:
+            return None
+        from .interpreter import probe_dot
+
+        probe = probe_dot(torch.bfloat16)
+        if self.report.interpreter is None:
+            self.report.interpreter = {"bf16_dot": probe.to_dict(), "bf16_skip_reason": probe.skip_reason,
+                                       "bf16_cases_skipped": 0}
+        if probe.exact:
+            return None
+        self.report.interpreter["bf16_cases_skipped"] += 1
+        return probe.skip_reason
 
     @property
     def coverage_skip_reason(self) -> Optional[str]:
@@ -133,12 +193,6 @@ class SSDSession:
             from .adapters import SSDKernel, detect_api
 
             s = self.settings
-            if self.kernel_interpreted and "TRITON_INTERPRET" not in os.environ:
-                # A third-party kernel can only run on CPU through Triton's interpreter, which
-                # Triton reads when the kernel is decorated: set it before importing it, and
-                # take it back when the session ends.
-                os.environ["TRITON_INTERPRET"] = "1"
-                self.cleanup.callback(os.environ.pop, "TRITON_INTERPRET", None)
             fn = load_callable(s.kernel, "--ssd-kernel")
             api = detect_api(fn) if s.kernel_api == "auto" else s.kernel_api
             if api is None:
@@ -154,7 +208,6 @@ class SSDSession:
     @property
     def warmup_fn(self) -> Callable:
         if self._warmup_fn is None:
-            self.kernel  # the kernel's module first: TRITON_INTERPRET is set before either imports
             self._warmup_fn = load_callable(self.settings.warmup, "--ssd-warmup")
         return self._warmup_fn
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pytest_ssd.assertions import TOLERANCES, assert_ssd_close, tolerance_for
+from pytest_ssd.assertions import TOLERANCES, assert_ssd_close, tf32_hint, tolerance_for
 
 SEED = 1234
 
@@ -82,3 +82,49 @@ def test_at_least_as_tight_as_vllm():
 def test_unknown_dtype_is_a_clear_error():
     with pytest.raises(ValueError, match="dtype: expected one of"):
         tolerance_for(torch.int32)
+
+
+def _to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 rounded (toward zero) to TF32's 10-bit mantissa, as a tensor core reads it."""
+    return (t.float().view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+def _products(seed=SEED):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(64, 256, generator=g), torch.randn(256, 32, generator=g)
+    return a, b, a.double() @ b.double()
+
+
+def test_tf32_sized_errors_get_the_tf32_hint():
+    a, b, exact = _products()
+    hint = tf32_hint(_to_tf32(a) @ _to_tf32(b), exact)
+    assert hint is not None and "what TF32 dots give" in hint and "input_precision='ieee'" in hint
+    assert "not loosened" in hint
+
+
+def test_other_errors_get_no_tf32_hint():
+    a, b, exact = _products()
+    assert tf32_hint(a @ b, exact) is None  # plain float32: far below TF32's errors
+    assert tf32_hint(-(a @ b), exact) is None  # a sign error: far above
+    wrong = (a @ b).clone()
+    wrong[:, 0] = float("nan")
+    assert tf32_hint(wrong, exact) is None
+
+
+def test_tf32_hint_only_for_fp32_on_a_gpu():
+    # On CPU no kernel computes in TF32: a TF32-sized error there is something else, and gets no hint.
+    a, b, exact = _products()
+    with pytest.raises(AssertionError) as failure:
+        assert_ssd_close(_to_tf32(a) @ _to_tf32(b), None, exact, None, dtype=torch.float32)
+    assert "outside atol" in str(failure.value) and "TF32" not in str(failure.value)
+
+
+@pytest.mark.gpu
+def test_a_tf32_product_on_the_gpu_fails_fp32_with_the_hint(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    a, b, exact = _products()
+    out = a.cuda() @ b.cuda()
+    with pytest.raises(AssertionError) as failure:
+        assert_ssd_close(out, None, exact.cuda(), None, dtype=torch.float32)
+    assert "outside atol=0.008 rtol=0.005" in str(failure.value)  # the tolerance is not loosened
+    assert "what TF32 dots give" in str(failure.value)

@@ -191,11 +191,13 @@ def test_the_bad_input_fixture_is_otherwise_valid(mixer2_layer, ssd_inputs) -> N
     assert torch.isfinite(out).all()
 
 
-def test_default_dt_limit_does_not_clamp(mixer2_layer, ssd_inputs, ssd_seed) -> None:
-    """No softplus and the default dt_limit: a negative dt' stays negative (vLLM's kernel clamps it to
-    0 regardless; the reference and ours do not)."""
+def test_default_dt_limit_clamps_a_negative_dt_to_zero(mixer2_layer, ssd_inputs, ssd_seed) -> None:
+    """No softplus and the default dt_limit (0, inf): a negative dt' becomes 0, as in vLLM's and
+    mamba_ssm's kernels and the reference; the unclamped result differs, so the clamp is tested."""
     import dataclasses
     import inspect
+
+    from pytest_ssd.reference import ssd_reference
 
     print(f"seed={ssd_seed}")
     assert inspect.signature(mamba_chunk_scan_combined_varlen).parameters["dt_limit"].default == (0.0, math.inf)
@@ -205,6 +207,10 @@ def test_default_dt_limit_does_not_clamp(mixer2_layer, ssd_inputs, ssd_seed) -> 
     dt_prime = inputs.dt + layer.dt_bias
     assert bool((dt_prime < 0).any()) and bool((dt_prime > 0).any()), f"seed={ssd_seed}"
     check_against_reference(layer, inputs, seed=ssd_seed)
+    out, _ = run_kernel(layer, inputs)
+    unclamped, _ = ssd_reference(**dict(inputs.reference_kwargs(layer), dt_limit=(-math.inf, math.inf)),
+                                 output_dtype=torch.float64)
+    assert float((out.double() - unclamped).abs().max()) > 1e-3, f"the clamp changed nothing (seed={ssd_seed})"
 
 
 def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, ssd_seed, monkeypatch) -> None:

@@ -191,15 +191,23 @@ def test_one_token_by_hand(method: str, with_initial_states: bool) -> None:
 
 
 @pytest.mark.parametrize("method", FORMS)
-def test_default_dt_limit_does_not_clamp(method: str) -> None:
-    """(0, inf) means "no limit": a negative dt' (no softplus) is used as it is, not set to 0."""
+def test_default_dt_limit_clamps_a_negative_dt_to_zero(method: str) -> None:
+    """(0, inf) clamps, as the kernels do: a token with dt' < 0 (no softplus) neither decays nor adds
+    to the state, h_1 = h_0; the next one runs as usual. An explicit (-inf, inf) keeps dt' < 0."""
     seed = 41
-    kw = random_problem(seed, [1], D="", z=False, dt_bias=False, softplus=False, initial_states=False)
-    kw["dt"] = -kw["dt"]
+    kw = random_problem(seed, [2], D="", z=False, dt_bias=False, softplus=False)
+    kw["dt"][0] = -kw["dt"][0]  # token 0: dt' < 0 -> 0; token 1: dt' > 0
     H = kw["x"].shape[1]
-    want = torch.einsum("h,hp,hn->hp", kw["dt"][0], kw["x"][0], (by_head(kw["B"], H) * by_head(kw["C"], H))[0])
-    out, _ = ssd_reference(**kw, method=method)
-    assert_close64(out[0], want, seed=seed, what=f"out, {method}")
+    A, x, B, C, h0 = kw["A"], kw["x"], by_head(kw["B"], H), by_head(kw["C"], H), kw["initial_states"][0]
+    dt1 = kw["dt"][1]
+    h1 = torch.exp(dt1 * A)[:, None, None] * h0 + torch.einsum("h,hp,hn->hpn", dt1, x[1], B[1])
+    out, states = ssd_reference(**kw, method=method, chunk_size=2)
+    assert_close64(out[0], torch.einsum("hpn,hn->hp", h0, C[0]), seed=seed, what=f"out[0], {method}")
+    assert_close64(out[1], torch.einsum("hpn,hn->hp", h1, C[1]), seed=seed, what=f"out[1], {method}")
+    assert_close64(states[0], h1, seed=seed, what=f"final state, {method}")
+    unclamped, _ = ssd_reference(**{**kw, "dt_limit": (-math.inf, math.inf)}, method=method, chunk_size=2)
+    h_neg = torch.exp(kw["dt"][0] * A)[:, None, None] * h0 + torch.einsum("h,hp,hn->hpn", kw["dt"][0], x[0], B[0])
+    assert_close64(unclamped[0], torch.einsum("hpn,hn->hp", h_neg, C[0]), seed=seed, what=f"unclamped, {method}")
 
 
 @pytest.mark.parametrize("method", FORMS)
@@ -276,6 +284,19 @@ def test_D_adds_a_skip_and_its_two_shapes_agree(method: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Dtypes and NaN
 # ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", FORMS)
+def test_float64_inputs_give_float64_results(method: str) -> None:
+    """Unless told otherwise: float64 in, float64 out and float64 final states (no float32 rounding)."""
+    seed = 97
+    kw = {**random_problem(seed, [3, 10]), "output_dtype": None}
+    out, states = ssd_reference(**kw, method=method)
+    assert (out.dtype, states.dtype) == (F64, F64), f"seed={seed}"
+    want_out, want_states = ssd_reference(**{**kw, "output_dtype": F64}, method=method)
+    assert torch.equal(out, want_out) and torch.equal(states, want_states), f"seed={seed}"
+    _, states32 = ssd_reference(**{**kw, "output_dtype": torch.float32}, method=method)
+    assert states32.dtype == torch.float32, "output_dtype still chooses"
+
 
 @pytest.mark.parametrize("method", FORMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

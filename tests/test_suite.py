@@ -55,13 +55,29 @@ SUITE = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprov
 def test_suite_passes_on_our_kernel(pytester):
     report = pytester.path / "suite.json"
     result = pytester.runpytest(*SUITE, "--ssd-seed", "3", f"--ssd-report={report}", "-rs")
-    result.assert_outcomes(passed=13, skipped=1)  # 12 correctness cases + coverage; latency is GPU-only
+    result.assert_outcomes(passed=14, skipped=1)  # 13 correctness cases + coverage; latency is GPU-only
     result.stdout.fnmatch_lines(["*verdict 80x64 * warm after 28 calls*", "*latency is judged on a GPU only*"])
     data = json.loads(report.read_text())
     (verdict,) = [v for wr in data["workers"] for v in wr["verdicts"]]
     assert verdict["where"] == "compile-only cuda:90" and verdict["warmup_binaries"] == 6, verdict
     assert verdict["cold"] == [] and verdict["unused"] == []
     assert data["totals"]["cold_events_call"] == 0
+
+
+def test_the_default_limit_case_without_softplus_has_negative_dt():
+    """The case exists for the clamp of a negative dt' to 0: its inputs must have some, and positive ones."""
+    import torch
+
+    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from pytest_ssd.suite.cases import CORRECTNESS_CASES
+
+    (case,) = [c for c in CORRECTNESS_CASES if c.name == "no_softplus_default_limit"]
+    for scale in ("small", "gpu"):
+        layer = make_mixer2_layer(**case.layer_kwargs(scale, torch.float32), seed=5, device="cpu")
+        assert (layer.dt_softplus, layer.dt_limit) == (False, (0.0, float("inf")))
+        inputs = make_ssd_inputs(layer, case.seqlens[scale], seed=6, with_initial_states=case.initial_states)
+        dt_prime = inputs.dt + layer.dt_bias
+        assert 0.2 < float((dt_prime < 0).float().mean()) < 0.8, scale
 
 
 def test_suite_fails_on_a_wrong_sign(pytester):

@@ -48,7 +48,66 @@ def test_autotuned_kernel_pair_builds_and_interprets_without_a_gpu():
     assert result["equal"]
     (tune,) = Recording.from_dict(result["recording"]).events  # nothing compiles; every config is benchmarked
     assert (tune.kind, tune.configs_benchmarked, tune.key_values) == ("autotune", 2, {"n": 70})
-    assert tune.winner is not None and tune.winner["kwargs"]["BLOCK"] in (32, 64)
+    assert tune.winner is not None and tune.winner["kwargs"]["BLOCK"] == 32, "the first config wins, always"
+
+
+_AUTOTUNE_ON_CPU = """
+import json, os, sys, torch, triton
+import triton.language as tl
+from triton.runtime.autotuner import Autotuner
+from pytest_ssd import triton_compat
+from pytest_ssd.events import record_triton
+
+assert os.environ["TRITON_INTERPRET"] == "1"
+original = vars(Autotuner).get("do_bench")
+CONFIGS = [triton.Config({"BLOCK": 32}), triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 16})]
+
+
+def increment(p, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(p + offs, tl.sum(tl.load(p + offs, mask=mask)[:, None], axis=1) + 1, mask=mask)
+
+
+def define():  # as a third-party module does, with triton.autotune over triton.jit
+    return triton.autotune(configs=CONFIGS, key=["n"])(triton.jit(increment))
+
+
+# Triton 3.4+ looks the benchmarker up when tuning: a kernel defined before the block works too;
+# 3.2/3.3 look it up when the kernel is defined, which fails without a driver.
+before = define() if triton_compat.version_at_least(3, 4) else None
+results = {}
+with triton_compat.interpreter_autotuning(run_each_config=sys.argv[1] == "each"):
+    for name, kernel in (("before", before), ("inside", define())):
+        if kernel is None:
+            continue
+        p = torch.zeros(100)
+        with record_triton() as rec:
+            kernel[lambda meta: (triton.cdiv(70, meta["BLOCK"]),)](p, 70)
+        (tune,) = rec.autotunes
+        results[name] = {"increments": sorted(set(p[:70].tolist())), "untouched": bool((p[70:] == 0).all()),
+                         "best": kernel.best_config.kwargs["BLOCK"], "benchmarked": tune.configs_benchmarked,
+                         "winner": tune.winner["kwargs"]["BLOCK"]}
+results["restored"] = vars(Autotuner).get("do_bench") is original
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("choice", ["first", "each"])
+def test_autotuned_kernels_tune_under_the_interpreter_without_a_driver(choice):
+    # A process of its own with TRITON_INTERPRET=1, as a session interpreting a third-party kernel runs.
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", _AUTOTUNE_ON_CPU, choice], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert results.pop("restored"), "Autotuner.do_bench is Triton's again after the block"
+    assert set(results) == ({"before", "inside"} if triton_compat.version_at_least(3, 4) else {"inside"})
+    # "first": nothing runs while tuning, the launch runs the first config once; "each": every
+    # config is launched once while tuning (no restore_value here), then the first config again.
+    increments = 1 if choice == "first" else 1 + 3
+    for name, got in results.items():
+        assert got == {"increments": [increments], "untouched": True, "best": 32, "benchmarked": 3, "winner": 32}, name
 
 
 def test_autotuned_kernel_pair_compiles_every_config_in_compile_only(triton_cache_dir):

@@ -97,7 +97,7 @@ def _chunk_scan_kernel(
         dA_k = tl.load(dA_cumsum_ptr + base_l + k, mask=mask_k, other=0.0)
         dt_k = tl.load(dt_ptr + base_l + k, mask=mask_k, other=0.0)
         # Only j <= i counts. Masking the exponent (not clamping it to <= 0) keeps exp finite above the
-        # diagonal and exact below it, where a negative dt' (no softplus, no dt_limit) makes it > 0.
+        # diagonal and exact below it, where a negative dt' (a dt_limit below 0) makes it > 0.
         causal = k[None, :] <= offs_m[:, None]
         decay = tl.exp(tl.where(causal, dA_m[:, None] - dA_k[None, :], float("-inf")))
         # Tiles above the diagonal were never written by the bmm stage: select, never multiply.

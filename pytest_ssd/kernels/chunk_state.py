@@ -6,7 +6,9 @@ Per chunk ``c`` and head ``h`` (``l`` runs over the chunk's tokens, at most ``CH
     dA_cumsum[c, h, l]  = sum_{j <= l} dt'[c, h, j] * A[h]
     states[c, h]        = sum_l x[t_l, h, :]^T (B[t_l, g, :] * exp(dA_cumsum[c,h,last] - dA_cumsum[c,h,l]) * dt'[c,h,l])
 
-``dt'`` and ``dA_cumsum`` are float32 ``(C, H, CHUNK_SIZE)``, zero past the chunk's last token, so
+The entry point enables the clamp (``HAS_DT_LIMIT``) wherever it can change dt': a ``dt_limit``
+other than ``(0, inf)``, or no softplus (a negative dt' becomes 0, as in vLLM's and mamba_ssm's
+kernels). ``dt'`` and ``dA_cumsum`` are float32 ``(C, H, CHUNK_SIZE)``, zero past the chunk's last token, so
 ``dA_cumsum[c, h, CHUNK_SIZE-1]`` is the chunk's total decay exponent; the later stages read them.
 ``states`` is float32 ``(C, H, P, N)``; state passing adds the state entering each chunk in place.
 

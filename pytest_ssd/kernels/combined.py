@@ -11,7 +11,7 @@ specialization can depend on them; intermediate buffers put the request-dependen
 first, so strides are layer constants; data pointers must be 16-byte aligned, and the kernels
 read metadata only from a private aligned int32 copy (:class:`pytest_ssd.chunking.SealedMetadata`). The binaries a call uses are therefore fixed by the layer, the
 model/state dtypes and the flags ``HAS_INITSTATES``, ``HAS_D``, ``D_HAS_HDIM``, ``HAS_Z``,
-``dt_softplus`` and whether ``dt_limit`` is set.
+``dt_softplus`` and whether dt' is clamped (``dt_limit`` other than ``(0, inf)``, or no softplus).
 
 Host time per call (a request's latency, when the GPU waits for it): the argument checks take
 one cheap pass (:func:`_fast_sizes`; the full checks with their messages run only when it
@@ -93,8 +93,9 @@ def mamba_chunk_scan_combined_varlen(
     at most 65535 sequences and 65535 chunks per call, ``chunk_size`` a power of two in
     [16, 1024]. Forward only: inputs that require grad are refused while grad mode is on.
 
-    Computes, per sequence, ``dt' = clamp(softplus(dt + dt_bias))`` (softplus when
-    ``dt_softplus``, clamp when ``dt_limit != (0, inf)``), ``h_t = exp(dt'_t A) h_{t-1} +
+    Computes, per sequence, ``dt' = clamp(softplus(dt + dt_bias), *dt_limit)`` (softplus when
+    ``dt_softplus``; the clamp always, as vLLM's and mamba_ssm's kernels, so without softplus the
+    default ``(0, inf)`` turns a negative dt' into 0), ``h_t = exp(dt'_t A) h_{t-1} +
     dt'_t x_t B_t^T`` from ``initial_states`` (or zero), ``y_t = C_t h_t + D x_t``, times
     ``z_t * sigmoid(z_t)`` when ``z`` is given, and writes ``y`` into ``out``.
 
@@ -117,7 +118,8 @@ def mamba_chunk_scan_combined_varlen(
     interpret, direct = real and device.type == "cpu", real and device.type == "cuda"
     key = (H, G, P, N, chunk_size, x.dtype, None if initial_states is None else initial_states.dtype,
            D is not None, D is not None and D.dim() == 2, z is not None, dt_bias is not None, dt_softplus,
-           (lo, hi) != (0.0, math.inf), interpret)  # _stage_plans' arguments: built and hashed on every call
+           (lo, hi) != (0.0, math.inf) or not dt_softplus,  # clamp dt': (0, inf) is a no-op only after softplus
+           interpret)  # _stage_plans' arguments: built and hashed on every call
     plans = _PLANS.get(key) or _plans_for(key)
     with _device_guard(device), (_INTERPRETER_LOCK if interpret else _NO_GUARD):
         # Until the first launch the GPU waits for the host: only what the first stage needs

@@ -49,6 +49,10 @@ CORRECTNESS_CASES = (
     Case("D_per_channel", _lens([18, 7], [100, 65]), layer={"d_has_hdim": True}),
     Case("dt_limit", _lens([21, 3], [90, 31]), layer={"dt_limit": (0.01, 0.05)}),
     Case("no_softplus", _lens([17, 2], [70, 3]), layer={"dt_softplus": False, "dt_limit": (0.0, 0.1)}),
+    # randn dt plus a small positive dt_bias: about half of the dt' are negative, which the
+    # default limit clamps to 0 (a kernel that skips the clamp lets the state grow).
+    Case("no_softplus_default_limit", _lens([19, 1, 6], [80, 1, 37]), initial_states=True,
+         layer={"dt_softplus": False, "dt_limit": (0.0, float("inf"))}),
     Case("groups", _lens([23, 1], [140, 1]), layer={"n_groups": 2}),
     Case("tensor_parallel", _lens([18], [66]), layer={"n_groups": 2, "tp_size": 2}),
     Case("states_in_model_dtype", _lens([25, 2], [97, 2]), initial_states=True, layer={"state_dtype": "model"}),
