@@ -350,7 +350,8 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
     has_init = init_dtype is not None
     dims = LayerDims(H, G, P, N, L, dtype)
     cfg = configs.configs_for(dims)
-    precision = "ieee" if dtype == torch.float32 else "tf32"
+    # float32 operands only: 16-bit operands multiply in their own dtype whatever this says.
+    precision = configs.fp32_dot_precision() if dtype == torch.float32 else "tf32"
     dot_dtype = _dot_dtype(dtype, interpret)
     common = dict(SPLIT_16BIT=dtype != torch.float32,  # hi/lo 16-bit operand pairs: float32 accuracy
                   INTERPRETED=interpret, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype)
