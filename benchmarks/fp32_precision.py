@@ -204,7 +204,8 @@ def _row(r: dict) -> str:
     if "failed" in r:
         return f"{r['precision']:7} FAILED: {r['failed']}"
     acc = " | ".join(f"{'pass' if a['passes_fp32_tolerance'] else 'FAIL'} out {a['out_max_abs']:.2g} "
-                     f"states {a['states_max_abs']:.2g} (tol used {max(a['out_tolerance_used'], a['states_tolerance_used']):.2f})"
+                     f"states {a['states_max_abs']:.2g} "
+                     f"(tol used {max(a['out_tolerance_used'], a['states_tolerance_used']):.2g})"
                      for a in r["accuracy"])
     return (f"{r['precision']:7} {r['steady_ms']:8.3f} {r['steady_initial_states_ms']:8.3f} {r['warmup_s']:7.1f} "
             f"{r['warmup_binaries']:4d}   {acc}")
@@ -251,7 +252,8 @@ def main() -> None:
             proc = None
         if proc is None or proc.returncode != 0:
             failed += 1
-            why = f"timed out after {args.timeout} s" if proc is None else "\n".join(proc.stderr.strip().splitlines()[-5:])
+            why = (f"timed out after {args.timeout} s" if proc is None
+                   else "\n".join(proc.stderr.strip().splitlines()[-5:]))
             rows.append({"precision": precision, "failed": why})
         else:
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
