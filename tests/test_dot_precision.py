@@ -38,7 +38,7 @@ def _bmm_ptx(precision: str, target: str) -> str:
 def test_tf32x3_compiles_to_tensor_core_products_and_ieee_to_fmas(target):
     tf32x3, ieee = _bmm_ptx("tf32x3", target), _bmm_ptx("ieee", target)
     assert TF32_MMA.search(tf32x3) and not FMA.search(tf32x3)
-    assert not TF32_MMA.search(ieee) and len(FMA.findall(ieee)) >= 64 * 64 * 64 // 128  # 64^3 FMAs, 128 threads
+    assert not TF32_MMA.search(ieee) and len(FMA.findall(ieee)) >= 1024  # 64^3 FMAs over 128 threads: 2048
     if target == "cuda:90":
         assert "wgmma.mma_async" in tf32x3
 
@@ -55,6 +55,16 @@ def test_tf32x3_is_the_default_and_every_choice_reaches_the_float32_plans():
             assert getattr(fp32, name).constexprs["DOT_PRECISION"] == precision
             assert getattr(bf16, name).constexprs["DOT_PRECISION"] == "tf32"  # 16-bit operands: not affected
     assert configs.fp32_dot_precision() == "tf32x3"
+
+
+def test_amd_targets_multiply_float32_in_ieee():
+    """Triton's AMD backend refuses tf32x3 (and tf32 but on gfx94x): a float32 model compiled for
+    it must not take the CUDA default."""
+    flags = dict(init_dtype=None, has_D=True, D_has_hdim=False, has_z=False, has_dt_bias=True, dt_softplus=True,
+                 has_dt_limit=False, interpret=False)
+    for target, expected in (("hip:gfx942", "ieee"), ("cuda:90", "tf32x3"), ("cuda:80", "tf32x3")):
+        plans = combined._stage_plans(4, 1, 16, 16, 16, torch.float32, **flags, target=target)
+        assert plans.bmm.constexprs["DOT_PRECISION"] == expected, target
 
 
 def test_a_precision_change_drops_the_kept_plans():

@@ -21,9 +21,9 @@ STAGES = ("chunk_state", "bmm_chunk", "state_passing", "chunk_scan")
 # "tf32x3": three TF32 tensor-core products per dot (hi*hi + hi*lo + lo*hi), about float32
 # accuracy; "ieee": float32 FMAs on the CUDA cores (exact float32, many times slower); "tf32": one
 # TF32 product (10-bit mantissa: not float32 accuracy, for measurement only). Triton 3.2-3.9
-# accept all three, compiled and interpreted; the interpreter computes every one as a float32
+# accept all three, compiled (CUDA) and interpreted; the interpreter computes every one as a float32
 # matmul, so only a GPU shows what a choice costs in accuracy (tests/test_kernel_gpu.py,
-# benchmarks/fp32_precision.py).
+# benchmarks/fp32_precision.py). AMD's backend takes neither tf32x3 nor (but on gfx94x) tf32: "ieee" there.
 FP32_DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
 _FP32_DOT_PRECISION = ["tf32x3"]
 
@@ -93,9 +93,10 @@ def configs_for(dims: LayerDims) -> dict:
     return configs
 
 
-def fp32_dot_precision() -> str:
-    """The ``input_precision`` of float32 models' dots (one of :data:`FP32_DOT_PRECISIONS`)."""
-    return _FP32_DOT_PRECISION[0]
+def fp32_dot_precision(*, amd: bool = False) -> str:
+    """The ``input_precision`` of float32 models' dots (one of :data:`FP32_DOT_PRECISIONS`);
+    ``amd``: for Triton's AMD backend, which accepts only "ieee" of them everywhere."""
+    return "ieee" if amd else _FP32_DOT_PRECISION[0]
 
 
 @contextlib.contextmanager
