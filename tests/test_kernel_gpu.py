@@ -68,6 +68,37 @@ def test_mamba2_2p7b_layer(with_initial_states, ssd_seed, mixer2_layer, ssd_inpu
     check_against_reference(layer, inputs, seed=ssd_seed)
 
 
+# float32 models' dot precisions that claim float32 accuracy (kernels/configs.py): each passes the
+# fp32 tolerance, whichever is the default. Plain "tf32" claims no such thing and is only measured
+# (benchmarks/fp32_precision.py).
+ACCURATE_FP32_PRECISIONS = ["tf32x3", "ieee"]
+
+
+@pytest.mark.parametrize("precision", ACCURATE_FP32_PRECISIONS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fp32_dot_precision_matches_reference(case: KernelCase, precision, ssd_seed, mixer2_layer,
+                                              ssd_inputs) -> None:
+    print(f"seed={ssd_seed} case={case} precision={precision}")
+    layer, inputs = make_case(case, torch.float32, ssd_seed, mixer2_layer, ssd_inputs)
+    with configs.fp32_dot_precision_set(precision):
+        check_against_reference(layer, inputs, seed=ssd_seed)
+
+
+@pytest.mark.parametrize("precision", ACCURATE_FP32_PRECISIONS)
+@pytest.mark.parametrize("slow_decay", [False, True], ids=["mamba2_decay", "slow_decay"])
+def test_fp32_dot_precision_on_the_mamba2_2p7b_layer(precision, slow_decay, ssd_seed, mixer2_layer,
+                                                     ssd_inputs) -> None:
+    """The anchors' workload in float32 (chunk 256: the longest dots), with initial states."""
+    print(f"seed={ssd_seed} precision={precision}")
+    layer = mixer2_layer(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256,
+                         dtype=torch.float32, state_dtype=torch.float32, device="cuda")
+    if slow_decay:
+        layer = _ssd_cases.with_slow_decay(layer, ssd_seed)
+    inputs = ssd_inputs(layer, [1000, 2048, 517, 3000], with_initial_states=True, device="cuda")
+    with configs.fp32_dot_precision_set(precision):
+        check_against_reference(layer, inputs, seed=ssd_seed)
+
+
 # Launch configs other layers get (and the tuning sweep tries): every one must compute the same thing.
 ALTERNATIVE_CONFIGS = [
     ("chunk_scan", configs.LaunchConfig(dict(BLOCK_M=128, BLOCK_K=64, BLOCK_DSTATE=32), num_warps=8, num_stages=2)),

@@ -39,7 +39,7 @@ import triton
 
 from .. import chunking
 from ..chunking import METADATA_NAMES
-from ..compile_only import compile_only_active
+from ..compile_only import active_target, compile_only_active
 from ..triton_compat import DirectLauncher, watch_jit_cache
 from ..validation import (MAX_CHUNK_SIZE, MAX_TOKENS, MODEL_DTYPES, STATE_DTYPES, check_bool, check_contiguous,
                           check_divides, check_dt_limit, check_dtype, check_int32_values, check_no_overlap,
@@ -119,7 +119,7 @@ def mamba_chunk_scan_combined_varlen(
     key = (H, G, P, N, chunk_size, x.dtype, None if initial_states is None else initial_states.dtype,
            D is not None, D is not None and D.dim() == 2, z is not None, dt_bias is not None, dt_softplus,
            (lo, hi) != (0.0, math.inf) or not dt_softplus,  # clamp dt': (0, inf) is a no-op only after softplus
-           interpret)  # _stage_plans' arguments: built and hashed on every call
+           interpret, None if real else active_target())  # _stage_plans' arguments: built and hashed on every call
     plans = _PLANS.get(key) or _plans_for(key)
     with _device_guard(device), (_INTERPRETER_LOCK if interpret else _NO_GUARD):
         # Until the first launch the GPU waits for the host: only what the first stage needs
@@ -339,10 +339,11 @@ def _plans_for(key: tuple) -> _Plans:
 
 def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, init_dtype: Optional[torch.dtype],
                  has_D: bool, D_has_hdim: bool, has_z: bool, has_dt_bias: bool, dt_softplus: bool,
-                 has_dt_limit: bool, interpret: bool) -> _Plans:
+                 has_dt_limit: bool, interpret: bool, target: Optional[str] = None) -> _Plans:
     """The four stages' plans, in launch order, and the workspace, for a layer (H heads, G
     groups, P head dim, N dstate, L chunk size, model ``dtype``) and a call's flags
-    (``init_dtype`` None: no initial states).
+    (``init_dtype`` None: no initial states); ``target`` is the compile-only target, None for a
+    real device.
 
     Chunk state (with the dt cumsum) goes first: it is long enough on the GPU to hide the host
     time of the launches behind it. The arguments, with the call's device, fix the binary Triton
@@ -352,7 +353,9 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
     has_init = init_dtype is not None
     dims = LayerDims(H, G, P, N, L, dtype)
     cfg = configs.configs_for(dims)
-    precision = "ieee" if dtype == torch.float32 else "tf32"
+    # float32 operands only: 16-bit operands multiply in their own dtype whatever this says.
+    amd = target.startswith("hip") if target else (not interpret and torch.version.hip is not None)
+    precision = configs.fp32_dot_precision(amd=amd) if dtype == torch.float32 else "tf32"
     dot_dtype = _dot_dtype(dtype, interpret)
     common = dict(SPLIT_16BIT=dtype != torch.float32,  # hi/lo 16-bit operand pairs: float32 accuracy
                   INTERPRETED=interpret, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype)

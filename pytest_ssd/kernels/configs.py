@@ -1,4 +1,4 @@
-"""Launch configurations: fixed per layer, never autotuned at request time.
+"""Launch configurations and the float32 dot precision: fixed per layer, never autotuned at request time.
 
 A config is a pure function of the layer (H, G, P, N, chunk size, dtype), so a warmup of the
 layer compiles exactly the binaries every later request uses, and the choice cannot move from
@@ -15,6 +15,17 @@ from typing import Iterator, NamedTuple
 import torch
 
 STAGES = ("chunk_state", "bmm_chunk", "state_passing", "chunk_scan")
+
+# How ``tl.dot`` multiplies float32 operands in float32 models (16-bit models multiply their own
+# dtype on the tensor cores, with hi/lo pairs for float32 operands: this does not apply to them).
+# "tf32x3": three TF32 tensor-core products per dot (hi*hi + hi*lo + lo*hi), about float32
+# accuracy; "ieee": float32 FMAs on the CUDA cores (exact float32, many times slower); "tf32": one
+# TF32 product (10-bit mantissa: not float32 accuracy, for measurement only). Triton 3.2-3.9
+# accept all three, compiled (CUDA) and interpreted; the interpreter computes every one as a float32
+# matmul, so only a GPU shows what a choice costs in accuracy (tests/test_kernel_gpu.py,
+# benchmarks/fp32_precision.py). AMD's backend takes neither tf32x3 nor (but on gfx94x) tf32: "ieee" there.
+FP32_DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
+_FP32_DOT_PRECISION = ["tf32x3"]
 
 
 class LayerDims(NamedTuple):
@@ -80,6 +91,31 @@ def configs_for(dims: LayerDims) -> dict:
         configs[stage] = replace(configs[stage], blocks={**configs[stage].blocks, **override.blocks},
                                  num_warps=override.num_warps, num_stages=override.num_stages)
     return configs
+
+
+def fp32_dot_precision(*, amd: bool = False) -> str:
+    """The ``input_precision`` of float32 models' dots (one of :data:`FP32_DOT_PRECISIONS`);
+    ``amd``: for Triton's AMD backend, which accepts only "ieee" of them everywhere."""
+    return "ieee" if amd else _FP32_DOT_PRECISION[0]
+
+
+@contextlib.contextmanager
+def fp32_dot_precision_set(precision: str) -> Iterator[None]:
+    """Multiply float32 models' dots with ``precision`` inside the block (the precision benchmark).
+
+    A different precision is a different binary: set it before the warmup, as with
+    :func:`overridden`; a warmup done under another precision does not cover it.
+    """
+    if precision not in FP32_DOT_PRECISIONS:
+        raise ValueError(f"precision: expected one of {FP32_DOT_PRECISIONS}, got {precision!r}")
+    previous = _FP32_DOT_PRECISION[0]
+    _FP32_DOT_PRECISION[0] = precision
+    _changed()
+    try:
+        yield
+    finally:
+        _FP32_DOT_PRECISION[0] = previous
+        _changed()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,272 @@
+"""The bundled kernel's float32 models under each dot precision: time, accuracy, warmup.
+
+    python benchmarks/fp32_precision.py RESULT.json [--precisions tf32x3,ieee,tf32] [--sweep]
+
+Workload (the anchors'): a Mamba2-2.7B-like layer, 80 heads x 64, dstate 128, 1 group, chunk 256,
+float32 model and states; one request = 4 sequences of 1000/2048/517/3000 tokens. Per precision
+(``pytest_ssd.kernels.configs.FP32_DOT_PRECISIONS``), in a fresh process with an empty
+``TRITON_CACHE_DIR``:
+
+- warmup: ``warmup_ssd_kernels(layer)`` wall time, synchronized, cold (as bench_peers.py times it),
+  and the binaries it compiled;
+- steady: ``triton.testing.do_bench`` median over 4 rotating input sets, without and with
+  initial states (as bench_kernel.py times it), and device time per kernel (torch.profiler);
+- accuracy: ``out`` and the final states against the float64 reference
+  (``pytest_ssd.reference.ssd_reference``) on the same inputs, for the layer as built (Mamba2's
+  fast decay) and with slow decay (|A| in [0.01, 0.11]: states carry across chunks), each with
+  initial states: the largest absolute error, the largest relative error where |reference| > atol,
+  the largest share of the allowed error ``atol + rtol * |reference|`` used (<= 1 passes), and
+  whether ``assert_ssd_close`` passes at the fp32 tolerance (``TOLERANCES[torch.float32]``).
+
+``--sweep`` also times a few float32 launch configs of chunk_scan and chunk_state under the
+default precision (per-kernel device time), to pick fp32 entries of ``kernels/configs.py``.
+Without CUDA it prints why and writes ``{"skipped": ...}``: nothing to measure on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+LAYER = dict(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256)
+REQUEST = [1000, 2048, 517, 3000]
+
+
+# --------------------------------------------------------------------------------------
+# Child side: one precision in this process.
+# --------------------------------------------------------------------------------------
+
+def _layer(torch, slow_decay: bool = False):
+    from pytest_ssd.layer import make_mixer2_layer
+
+    layer = make_mixer2_layer(**LAYER, dtype=torch.float32, state_dtype=torch.float32, seed=0, device="cuda")
+    if slow_decay:
+        import dataclasses
+
+        gen = torch.Generator().manual_seed(0)
+        A = -(0.01 + 0.1 * torch.rand(layer.local_heads, generator=gen))
+        layer = dataclasses.replace(layer, A=A.to(layer.A.device))
+    return layer
+
+
+def _call_sets(layer, with_init: bool, seed: int, n: int = 4) -> list:
+    import torch
+
+    from pytest_ssd.layer import make_ssd_inputs
+
+    sets = []
+    for i in range(n):
+        inputs = make_ssd_inputs(layer, REQUEST, seed=seed + i, with_initial_states=with_init, device="cuda")
+        sets.append((inputs.kernel_kwargs(layer), torch.empty_like(inputs.x)))
+    return sets
+
+
+def _steady_ms(sets: list) -> float:
+    import triton
+
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    calls = iter(range(10**9))
+
+    def call() -> None:
+        kwargs, out = sets[next(calls) % len(sets)]
+        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+
+    return round(triton.testing.do_bench(call, warmup=50, rep=500, return_mode="median"), 4)
+
+
+def _per_kernel_ms(torch, sets: list, reps: int = 10) -> dict:
+    """Device time per kernel and call (torch.profiler)."""
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    kwargs, out = sets[0]
+    mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(reps):
+            mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+        torch.cuda.synchronize()
+    kernels = {}
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if total and e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[e.key] = round(total / reps / 1e3, 4)
+    return kernels
+
+
+def _errors(torch, name: str, got, ref, tol) -> dict:
+    err = (got.double() - ref).abs()
+    big = ref.abs() > tol.atol
+    rel = (err[big] / ref.abs()[big]).max().item() if big.any() else 0.0
+    used = (err / (tol.atol + tol.rtol * ref.abs())).max().item()
+    return {f"{name}_max_abs": float(f"{err.max().item():.3g}"), f"{name}_max_rel": float(f"{rel:.3g}"),
+            f"{name}_tolerance_used": float(f"{used:.3g}"), f"{name}_finite": bool(torch.isfinite(got).all())}
+
+
+def _accuracy(torch, slow_decay: bool) -> dict:
+    from pytest_ssd.adapters import poisoned_like
+    from pytest_ssd.assertions import TOLERANCES, assert_ssd_close
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+    from pytest_ssd.layer import make_ssd_inputs
+    from pytest_ssd.reference import ssd_reference
+
+    layer = _layer(torch, slow_decay)
+    inputs = make_ssd_inputs(layer, REQUEST, seed=9000, with_initial_states=True, device="cuda")
+    out = poisoned_like(inputs.x)
+    states = mamba_chunk_scan_combined_varlen(out=out, **inputs.kernel_kwargs(layer))
+    ref_out, ref_states = ssd_reference(**inputs.reference_kwargs(layer), output_dtype=torch.float64)
+    tol = TOLERANCES[torch.float32]
+    result = {"decay": "slow (|A| in [0.01, 0.11])" if slow_decay else "Mamba2 (the layer's A)",
+              **_errors(torch, "out", out, ref_out, tol), **_errors(torch, "states", states, ref_states, tol)}
+    try:
+        assert_ssd_close(out, states, ref_out, ref_states, dtype=torch.float32, seed=9000,
+                         cu_seqlens=inputs.cu_seqlens)
+        result["passes_fp32_tolerance"] = True
+    except AssertionError as failure:
+        result["passes_fp32_tolerance"] = False
+        result["failure"] = str(failure)[:600]
+    return result
+
+
+def _sweep(torch) -> dict:
+    """Per-kernel device time of a few float32 launch configs, the default first."""
+    from pytest_ssd.kernels import configs
+    from pytest_ssd.kernels.configs import LaunchConfig as C
+
+    candidates = {
+        "chunk_scan": [None] + [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=k, BLOCK_DSTATE=s), num_warps=w, num_stages=st)
+                                for m, k, s, w, st in [(64, 32, 64, 4, 1), (64, 16, 128, 4, 1), (64, 32, 128, 4, 2),
+                                                       (128, 32, 64, 8, 1), (64, 64, 64, 4, 2)]],
+        "chunk_state": [None] + [C(dict(BLOCK_M=64, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=st)
+                                 for n, k, w, st in [(64, 32, 4, 3), (128, 16, 4, 3), (128, 32, 4, 2),
+                                                     (128, 64, 8, 2), (64, 64, 4, 2)]],
+    }
+    kernel_names = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_state_kernel"}
+    sets = _call_sets(_layer(torch), False, seed=4000, n=1)
+    rows = []
+    for stage, configs_of_stage in candidates.items():
+        for config in configs_of_stage:
+            override = configs.overridden(stage, config) if config is not None else _nothing()
+            with override:
+                ms = _per_kernel_ms(torch, sets).get(kernel_names[stage])
+            rows.append({"stage": stage, "config": "default" if config is None else
+                         {"blocks": config.blocks, "num_warps": config.num_warps, "num_stages": config.num_stages},
+                         "device_ms": ms})
+    return {"sweep": rows}
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def run_child(precision: str, sweep: bool) -> dict:
+    import torch
+    import triton
+
+    from pytest_ssd.events import record_triton
+    from pytest_ssd.kernels import configs
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    with configs.fp32_dot_precision_set(precision):
+        layer = _layer(torch)
+        steady_sets = {init: _call_sets(layer, init, seed=2000 + 10 * init) for init in (False, True)}
+        torch.cuda.synchronize()
+        with record_triton() as rec:
+            start = time.perf_counter()
+            warmup_ssd_kernels(layer)
+            torch.cuda.synchronize()
+            warmup_s = time.perf_counter() - start
+        result = {"precision": precision, "warmup_s": round(warmup_s, 2), "warmup_binaries": len(rec.binaries()),
+                  "steady_ms": _steady_ms(steady_sets[False]),
+                  "steady_initial_states_ms": _steady_ms(steady_sets[True]),
+                  "kernels_ms_per_call": _per_kernel_ms(torch, steady_sets[False])}
+        del steady_sets
+        result["accuracy"] = [_accuracy(torch, slow) for slow in (False, True)]
+        if sweep:
+            result.update(_sweep(torch))
+    result.update(torch=torch.__version__, triton=triton.__version__, gpu=torch.cuda.get_device_name())
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Parent side: one fresh process per precision, a table, the JSON.
+# --------------------------------------------------------------------------------------
+
+def _row(r: dict) -> str:
+    if "failed" in r:
+        return f"{r['precision']:7} FAILED: {r['failed']}"
+    acc = " | ".join(f"{'pass' if a['passes_fp32_tolerance'] else 'FAIL'} out {a['out_max_abs']:.2g} "
+                     f"states {a['states_max_abs']:.2g} "
+                     f"(tol used {max(a['out_tolerance_used'], a['states_tolerance_used']):.2g})"
+                     for a in r["accuracy"])
+    return (f"{r['precision']:7} {r['steady_ms']:8.3f} {r['steady_initial_states_ms']:8.3f} {r['warmup_s']:7.1f} "
+            f"{r['warmup_binaries']:4d}   {acc}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("result", help="where to write the JSON")
+    parser.add_argument("--precisions", default="tf32x3,ieee,tf32")
+    parser.add_argument("--sweep", action="store_true", help="also time fp32 launch configs (default precision)")
+    parser.add_argument("--timeout", type=int, default=150, help="seconds per child process")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(args.child, args.sweep)))
+        return
+
+    import torch
+
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: this benchmark measures the compiled kernel on a GPU"
+        print(f"skipped: {reason}")
+        with open(args.result, "w") as fh:
+            json.dump({"skipped": reason}, fh, indent=1)
+        return
+    from pytest_ssd.kernels import configs
+
+    precisions = args.precisions.split(",")
+    unknown = [p for p in precisions if p not in configs.FP32_DOT_PRECISIONS]
+    if unknown:
+        parser.error(f"--precisions: expected names from {configs.FP32_DOT_PRECISIONS}, got {unknown}")
+    default = configs.fp32_dot_precision()
+    print(f"{'dots':7} {'steady':>8} {'w/ init':>8} {'warmup':>7} {'bins':>4}   accuracy (Mamba2 decay | slow decay), "
+          f"ms / s; default precision: {default}", flush=True)
+    rows, failed = [], 0
+    for precision in precisions:
+        env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix=f"fp32-{precision}-"))
+        command = [sys.executable, __file__, args.result, "--child", precision]
+        if args.sweep and precision == default:
+            command.append("--sweep")
+        try:
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            proc = None
+        if proc is None or proc.returncode != 0:
+            failed += 1
+            why = (f"timed out after {args.timeout} s" if proc is None
+                   else "\n".join(proc.stderr.strip().splitlines()[-5:]))
+            rows.append({"precision": precision, "failed": why})
+        else:
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(_row(rows[-1]), flush=True)
+        for line in rows[-1].get("sweep", []):
+            print(f"   sweep {line['stage']:11} {line['device_ms']} ms  {line['config']}", flush=True)
+    with open(args.result, "w") as fh:
+        json.dump({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "command": " ".join(sys.argv),
+                   "layer": LAYER, "request": REQUEST, "model_dtype": "float32", "state_dtype": "float32",
+                   "default_precision": default, "rows": rows}, fh, indent=1)
+    print(f"wrote {args.result}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
