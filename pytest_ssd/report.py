@@ -24,18 +24,21 @@ class WarmupRecord:
     binaries: list = field(default_factory=list)  # describe() lines
     persisted_caches: bool = False  # --ssd-persist-autotune was on
     cold_seconds: Optional[float] = None  # this layer's warmup with empty caches, as recorded in the persist dir
+    name: Optional[str] = None  # the layer config in a few words, for the terminal (session.layer_short_name)
 
 
 @dataclass
 class ColdRecord:
-    """Compiles/autotunes seen during one test phase."""
+    """Compiles/autotunes seen during one test phase, after the process's warmups."""
 
     nodeid: str
-    phase: str  # "setup" (reported only) or "call" (fails under require-warm)
-    outcome: str  # "failed" (enforced), "allowed" (ssd_allow_cold), "reported"
+    phase: str  # "setup" (the test's fixtures: a warmup, never failed) or "call"
+    outcome: str  # "failed" (enforced), "allowed" (ssd_allow_cold), "reported" (not enforced), "warmup" (setup)
     seconds: float
-    lines: list = field(default_factory=list)  # one explained line per event
+    lines: list = field(default_factory=list)  # one line per event: the binary, then why (or which fixture)
     allow_reason: Optional[str] = None
+    enforced_by: Optional[str] = None  # "--ssd-require-warm (cli)", "@pytest.mark.ssd_requires_warm", ...
+    layer: Optional[str] = None  # WarmupRecord.layer of the config the test warmed last, if any
 
 
 @dataclass
@@ -81,6 +84,26 @@ class WorkerReport:
         )
 
 
+REPORT_FORMAT = "pytest-ssd-report-v1"  # docs/report.md; renaming or dropping a field bumps it
+WIDTH = 120  # the terminal summary's widest line
+
+
+def fit(line: str, width: int = WIDTH) -> str:
+    """``line`` cut to ``width`` columns: the middle goes, the end (a reason, a test id) stays."""
+    if len(line) <= width:
+        return line
+    head, sep, reason = line.rpartition(" -- ")
+    if sep and len(reason) < width // 2:
+        cut = head[:width - len(reason) - len(sep) - 3]
+        return cut[:cut.rfind(" ") + 1 or len(cut)] + "..." + sep + reason
+    keep = width - 3
+    return line[:keep - keep // 3] + "..." + line[len(line) - keep // 3:]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 @dataclass
 class SessionReport:
     seed: int
@@ -89,22 +112,33 @@ class SessionReport:
     workers: list = field(default_factory=list)  # WorkerReport
 
     def totals(self) -> dict:
+        """Counts over all workers. Warmup events happen in ssd_warmup or in the tests' fixtures
+        (setup phase); cold events are the ones after warmup (call phase)."""
         warmups = [w for wr in self.workers for w in wr.warmups]
         cold = [c for wr in self.workers for c in wr.cold]
+        setup = [c for c in cold if c.phase == "setup"]
+        call = [c for c in cold if c.phase == "call"]
         return {
             "workers": len(self.workers),
             "warmups": len(warmups),
             "warmup_seconds": round(sum(w.seconds for w in warmups), 3),
             "warmup_binaries": sum(w.compiles for w in warmups),
-            "cold_tests_failed": sum(1 for c in cold if c.outcome == "failed"),
-            "cold_events_call": sum(len(c.lines) for c in cold if c.phase == "call"),
-            "cold_events_setup": sum(len(c.lines) for c in cold if c.phase == "setup"),
+            "warmup_autotunes": sum(w.autotunes for w in warmups),
+            "fixture_tests": len({c.nodeid for c in setup}),
+            "fixture_seconds": round(sum(c.seconds for c in setup), 3),
+            "cold_events_setup": sum(len(c.lines) for c in setup),
+            "cold_events_call": sum(len(c.lines) for c in call),
+            "cold_seconds_call": round(sum(c.seconds for c in call), 3),
+            "cold_tests_failed": sum(1 for c in call if c.outcome == "failed"),
+            "cold_tests_allowed": sum(1 for c in call if c.outcome == "allowed"),
+            "cold_tests_reported": sum(1 for c in call if c.outcome == "reported"),
             "unused_binaries": (None if all(wr.unused_binaries is None for wr in self.workers)
                                 else sum(len(wr.unused_binaries or []) for wr in self.workers)),
         }
 
     def to_dict(self) -> dict:
         return {
+            "format": REPORT_FORMAT,
             "seed": self.seed,
             "settings": self.settings,
             "environment": self.environment,
@@ -117,48 +151,94 @@ class SessionReport:
             json.dump(self.to_dict(), fh, indent=2, sort_keys=False, default=str)
 
     def summary_lines(self) -> list:
-        """The terminal summary: warmups per worker, cold events by test, unused binaries."""
-        lines = []
-        for wr in sorted(self.workers, key=lambda w: w.worker):
-            where = f"{wr.worker}" + (f" (GPU {wr.gpu})" if wr.gpu is not None else "")
-            for w in wr.warmups:
-                persisted = ""
-                if w.persisted_caches:
-                    cold = f"{w.cold_seconds:.2f}s" if w.cold_seconds is not None else "not on record"
-                    persisted = f" [persisted caches; cold warmup {cold}]"
-                lines.append(
-                    f"warmup {where}: {w.layer}: {w.seconds:.2f}s, {w.compiles} binaries "
-                    f"({w.compiled_fresh} compiled, {w.compiles - w.compiled_fresh} from disk), "
-                    f"{w.autotunes} autotune keys ({w.autotunes_persisted} persisted){persisted}"
-                )
-            for c in wr.cold:
-                tag = {"failed": "COLD (failed)", "allowed": f"cold (allowed: {c.allow_reason})",
-                       "reported": "compiled in fixture (reported)" if c.phase == "setup"
-                       else "compiled in test (reported)"}[c.outcome]
-                lines.append(f"{tag} {c.nodeid} [{c.phase}, {where}] {c.seconds:.2f}s:")
-                lines.extend("    " + line for line in c.lines)
-            for r in wr.latency:
-                lines.append(
-                    f"latency {where} {r.nodeid} {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
-                    f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
-                )
+        """The terminal summary, at most :data:`WIDTH` columns: a table of warmups (one row per
+        layer config and worker), fixture warmups, cold events by test, latency, unused binaries,
+        totals. Full binary and layer identities are in the JSON report."""
+        workers = sorted(self.workers, key=lambda w: w.worker)
+        lines = self._warmup_table(workers)
+        for title, phase in (("warmed in fixtures (setup phase: the tests' own warmup, never failed)", "setup"),
+                             ("cold after warmup (call phase)", "call")):
+            records = [(wr, c) for wr in workers for c in wr.cold if c.phase == phase]
+            if records:
+                lines.append(title)
+            for wr, c in records:
+                lines.append(f"  {self._cold_tag(c)} [{self._where(wr)}] {c.seconds:.2f}s: {c.nodeid}")
+                lines.extend("      " + line for line in c.lines)
+        latency = [(wr, r) for wr in workers for r in wr.latency]
+        if latency:
+            lines.append("latency (first call vs steady state)")
+        for wr, r in latency:
+            lines.append(f"  [{self._where(wr)}] {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
+                         f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]: {r.nodeid}")
+        for wr in workers:
             if wr.unused_binaries:
-                lines.append(f"unused warm binaries {where}: {len(wr.unused_binaries)}")
-                lines.extend("    " + line for line in wr.unused_binaries)
+                lines.append(f"unused warm binaries [{self._where(wr)}]: {len(wr.unused_binaries)}")
+                lines.extend("      " + line for line in wr.unused_binaries)
+        lines.extend(self._total_lines())
+        return [fit(line) for line in lines]
+
+    @staticmethod
+    def _where(wr) -> str:
+        return wr.worker + (f" GPU {wr.gpu}" if wr.gpu is not None else "")
+
+    @staticmethod
+    def _cold_tag(c) -> str:
+        if c.phase == "setup":
+            return "warmup"
+        if c.outcome == "failed":
+            return "FAILED" + (f" ({c.enforced_by})" if c.enforced_by else "")
+        if c.outcome == "allowed":
+            return f"allowed ({c.allow_reason})"
+        return "reported (not enforced)"
+
+    def _warmup_table(self, workers: list) -> list:
+        rows = []
+        for wr in workers:
+            cold = {}
+            for c in wr.cold:
+                if c.phase == "call" and c.layer is not None:
+                    cold[c.layer] = cold.get(c.layer, 0) + len(c.lines)
+            for w in wr.warmups:
+                persisted = "" if not w.persisted_caches else (
+                    f"{w.cold_seconds:.2f}s" if w.cold_seconds is not None else "not on record")
+                rows.append((w.name or w.layer, self._where(wr), f"{w.seconds:.2f}s", str(w.compiles),
+                             str(w.compiles - w.compiled_fresh), str(w.autotunes), str(cold.get(w.layer, 0)), persisted))
+        if not rows:
+            return []
+        header = ("layer config (ssd_warmup)", "worker", "time", "binaries", "from disk", "autotunes", "cold after",
+                  "empty caches")
+        if not any(r[-1] for r in rows):  # the last column only with --ssd-persist-autotune
+            header, rows = header[:-1], [r[:-1] for r in rows]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        widths[0] = min(widths[0], WIDTH - sum(widths[1:]) - 2 * len(widths))
+
+        def row(cells) -> str:
+            first = cells[0] if len(cells[0]) <= widths[0] else cells[0][:widths[0] - 3] + "..."
+            return "  " + "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))])
+
+        note = "  binaries: new in this process (a dtype-independent one an earlier warmup compiled is not counted again)"
+        return ["warmups", row(header), *(row(r) for r in rows), note]
+
+    def _total_lines(self) -> list:
         t = self.totals()
-        lines.append(
-            f"total: {t['workers']} worker(s), {t['warmups']} warmup(s) {t['warmup_seconds']:.2f}s "
-            f"{t['warmup_binaries']} binaries; cold: {t['cold_tests_failed']} test(s) failed, "
-            f"{t['cold_events_call']} call-phase and {t['cold_events_setup']} fixture event(s); "
-            + ("unused warm binaries not measured" if t["unused_binaries"] is None
-               else f"{t['unused_binaries']} unused warm binaries")
-        )
-        return lines
+        in_warmups = t["warmup_binaries"] + t["warmup_autotunes"]
+        unused = ("not measured" if t["unused_binaries"] is None else str(t["unused_binaries"]))
+        return [
+            f"warmup total: {_plural(in_warmups + t['cold_events_setup'], 'compile/autotune event')} = "
+            f"{in_warmups} in {_plural(t['warmups'], 'ssd_warmup run')} ({t['warmup_seconds']:.2f}s) + "
+            f"{t['cold_events_setup']} in fixtures of {_plural(t['fixture_tests'], 'test')} ({t['fixture_seconds']:.2f}s)",
+            f"after warmup: {_plural(t['cold_events_call'], 'event')} ({t['cold_seconds_call']:.2f}s): "
+            f"{t['cold_tests_failed']} test(s) failed, {t['cold_tests_allowed']} allowed, "
+            f"{t['cold_tests_reported']} reported; unused warm binaries: {unused}",
+        ]
 
 
 def environment() -> dict:
     """Versions and devices, read where they are (torch/triton imported lazily)."""
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    from . import __version__
+
+    env: dict[str, Any] = {"pytest_ssd": __version__, "python": platform.python_version(),
+                           "platform": platform.platform()}
     try:
         import torch
 

@@ -34,6 +34,29 @@ def layer_description(layer: Any) -> str:
     return "Mixer2Layer(" + ", ".join(parts) + ")"
 
 
+_SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def layer_short_name(layer: Any) -> str:
+    """A layer config in a few words for the terminal, e.g. ``bf16/fp32 h80x64 n128 g1 c256 z``.
+
+    Model/state dtype, heads x head_dim, dstate, groups, chunk size, then what differs from a
+    plain Mixer2 layer (``tp2``, ``z``, ``D/hdim``, ``no-softplus``, ``dt_limit=lo..hi``).
+    The full identity is :func:`layer_description`.
+    """
+    def dtype(value: Any) -> str:
+        name = str(value).replace("torch.", "")
+        return _SHORT_DTYPES.get(name, name)
+
+    words = [f"{dtype(layer.dtype)}/{dtype(layer.state_dtype)}", f"h{layer.nheads}x{layer.head_dim}",
+             f"n{layer.ssm_state_size}", f"g{layer.n_groups}", f"c{layer.chunk_size}"]
+    low, high = layer.dt_limit
+    words += [w for on, w in ((layer.tp_size > 1, f"tp{layer.tp_size}"), (layer.gated, "z"), (layer.d_has_hdim, "D/hdim"),
+                              (not layer.dt_softplus, "no-softplus"),
+                              ((low, high) != (0.0, float("inf")), f"dt_limit={low:g}..{high:g}")) if on]
+    return " ".join(words)
+
+
 @contextlib.contextmanager
 def file_lock(path: str):
     """An exclusive advisory lock, so xdist workers sharing a Triton cache dir take turns warming."""
@@ -91,6 +114,9 @@ class SSDSession:
         self._kernel = None
         self._warmup_fn: Optional[Callable] = None
         self._mode: Optional[Mode] = None
+        # Layer configs ssd_warmup was called for in the current test (the plugin clears it at
+        # each setup): the last one is the layer a cold event of the test is filed under.
+        self.layers_warmed_in_test: list = []
         self.cleanup = contextlib.ExitStack()  # closed at pytest_unconfigure
 
     # ---- mode -----------------------------------------------------------------------------
@@ -165,6 +191,7 @@ class SSDSession:
         # Compile-only binaries live under a device of their own: warm each mode (and target) separately.
         target = active_target()
         key = layer_description(layer) + (f" [compile-only {target}]" if target else "")
+        self.layers_warmed_in_test.append(key)
         if key in self._warmups:
             return self._warmups[key]
         persist = self.settings.persist_autotune
@@ -179,7 +206,8 @@ class SSDSession:
         self._warmups[key] = rec
         self._warm_events.extend(rec.events)
         self.report.warmups.append(WarmupRecord(
-            layer=key, seconds=round(seconds, 4), compiles=len(compiles), compiled_fresh=fresh,
+            layer=key, name=layer_short_name(layer) + (f" compile-only {target}" if target else ""),
+            seconds=round(seconds, 4), compiles=len(compiles), compiled_fresh=fresh,
             autotunes=len(autotunes), autotunes_persisted=sum(1 for e in autotunes if e.source == "persisted"),
             binaries=[e.describe() for e in compiles], persisted_caches=bool(persist), cold_seconds=cold_seconds,
         ))
@@ -196,15 +224,17 @@ class SSDSession:
 
     # ---- the warm set and explanations --------------------------------------------------------
     def file_cold(self, nodeid: str, phase: str, outcome: str, events: list,
-                  allow_reason: Optional[str] = None) -> list:
-        """Explain ``events`` (:meth:`absorb`) and file them in the report as one cold record;
-        returns the explanation lines, for the failure message."""
+                  allow_reason: Optional[str] = None, enforced_by: Optional[str] = None) -> list:
+        """Explain ``events`` (:meth:`absorb`) and file them in the report as one cold record,
+        under the layer config the test warmed last; returns the explanation lines, for the
+        failure message."""
         from .report import ColdRecord
 
         lines = self.absorb(events)
+        layer = self.layers_warmed_in_test[-1] if self.layers_warmed_in_test else None
         self.report.cold.append(ColdRecord(nodeid=nodeid, phase=phase, outcome=outcome, lines=lines,
                                            seconds=round(sum(e.seconds or 0.0 for e in events), 4),
-                                           allow_reason=allow_reason))
+                                           allow_reason=allow_reason, enforced_by=enforced_by, layer=layer))
         return lines
 
     def absorb(self, events: list) -> list:
