@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -89,15 +90,17 @@ WIDTH = 120  # the terminal summary's widest line
 
 
 def fit(line: str, width: int = WIDTH) -> str:
-    """``line`` cut to ``width`` columns: the middle goes, the end (a reason, a test id) stays."""
+    """``line`` cut to ``width`` columns: the middle goes, the start and the end (a test id) stay."""
     if len(line) <= width:
         return line
-    head, sep, reason = line.rpartition(" -- ")
-    if sep and len(reason) < width // 2:
-        cut = head[:width - len(reason) - len(sep) - 3]
-        return cut[:cut.rfind(" ") + 1 or len(cut)] + "..." + sep + reason
-    keep = width - 3
-    return line[:keep - keep // 3] + "..." + line[len(line) - keep // 3:]
+    tail = (width - 3) // 3
+    return line[:width - 3 - tail] + "..." + line[len(line) - tail:]
+
+
+def wrapped(line: str, indent: int = 6, width: int = WIDTH) -> list:
+    """A binary's line, whole, on as many lines of ``width`` as it takes (continuations indented 2 more)."""
+    return textwrap.wrap(line, width=width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
+                         break_on_hyphens=False) or [" " * indent]
 
 
 def _plural(n: int, word: str) -> str:
@@ -163,7 +166,7 @@ class SessionReport:
                 lines.append(title)
             for wr, c in records:
                 lines.append(f"  {self._cold_tag(c)} [{self._where(wr)}] {c.seconds:.2f}s: {c.nodeid}")
-                lines.extend("      " + line for line in c.lines)
+                lines.extend(part for line in c.lines for part in wrapped(line))
         latency = [(wr, r) for wr in workers for r in wr.latency]
         if latency:
             lines.append("latency (first call vs steady state)")
@@ -172,8 +175,8 @@ class SessionReport:
                          f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]: {r.nodeid}")
         for wr in workers:
             if wr.unused_binaries:
-                lines.append(f"unused warm binaries [{self._where(wr)}]: {len(wr.unused_binaries)}")
-                lines.extend("      " + line for line in wr.unused_binaries)
+                lines.append(f"unused warm binaries {self._where(wr)}: {len(wr.unused_binaries)}")
+                lines.extend(part for line in wr.unused_binaries for part in wrapped(line))
         lines.extend(self._total_lines())
         return [fit(line) for line in lines]
 
@@ -205,8 +208,7 @@ class SessionReport:
                              str(w.compiles - w.compiled_fresh), str(w.autotunes), str(cold.get(w.layer, 0)), persisted))
         if not rows:
             return []
-        header = ("layer config (ssd_warmup)", "worker", "time", "binaries", "from disk", "autotunes", "cold after",
-                  "empty caches")
+        header = ("layer config (ssd_warmup)", "worker", "time", "binaries", "disk", "tunes", "cold", "uncached")
         if not any(r[-1] for r in rows):  # the last column only with --ssd-persist-autotune
             header, rows = header[:-1], [r[:-1] for r in rows]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -216,8 +218,11 @@ class SessionReport:
             first = cells[0] if len(cells[0]) <= widths[0] else cells[0][:widths[0] - 3] + "..."
             return "  " + "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))])
 
-        note = "  binaries: new in this process (a dtype-independent one an earlier warmup compiled is not counted again)"
-        return ["warmups", row(header), *(row(r) for r in rows), note]
+        notes = ["  binaries: new in this process (a dtype-independent one an earlier warmup compiled is not counted again),",
+                 "  disk: of them loaded from Triton's disk cache; tunes: autotune keys; cold: events after this warmup"]
+        if len(header) == 8:
+            notes.append("  uncached: this warmup's time with empty caches, on record in --ssd-persist-autotune's dir")
+        return ["warmups", row(header), *(row(r) for r in rows), *notes]
 
     def _total_lines(self) -> list:
         t = self.totals()

@@ -25,6 +25,18 @@ def skips_initial_states(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlen
     return ours(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_indices, seq_idx, out, **kw)
 
 
+def warm_wrong_sign(layer):
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    warmup_ssd_kernels(layer, kernel=wrong_sign)
+
+
+def warm_skips_initial_states(layer):
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    warmup_ssd_kernels(layer, kernel=skips_initial_states)
+
+
 def warmup_too_much(layer):
     # Warms the gated (HAS_Z=True) binaries too, which an ungated layer's requests never use.
     from pytest_ssd.warmup import warmup_ssd_kernels
@@ -62,7 +74,7 @@ def test_suite_passes_on_our_kernel(pytester):
 def test_suite_fails_on_a_wrong_sign(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
-    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:wrong_sign", "-k", "varlen_mix or D_per_channel")
+    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:wrong_sign", "--ssd-warmup", "broken:warm_wrong_sign", "-k", "varlen_mix or D_per_channel")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*SSD kernel disagrees with the reference (float32):*", "*out: * elements outside*"])
 
@@ -70,7 +82,8 @@ def test_suite_fails_on_a_wrong_sign(pytester):
 def test_suite_fails_on_skipped_initial_states(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
-    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:skips_initial_states", "-k",
+    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:skips_initial_states",
+                                "--ssd-warmup", "broken:warm_skips_initial_states", "-k",
                                 "initial_states or everything or varlen_mix")
     # Only the cases with initial states catch it; varlen_mix has none and passes.
     result.assert_outcomes(failed=2, passed=1)
@@ -81,8 +94,8 @@ def test_third_party_kernel_on_cpu_skips_coverage_with_the_reason(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
     # In a fresh process: in-process, the outer session's already imported kernels hid a crash here.
-    result = pytester.runpytest_subprocess(*SUITE, "--ssd-kernel", "broken:skips_initial_states", "-k", "coverage",
-                                           "-rs")
+    result = pytester.runpytest_subprocess(*SUITE, "--ssd-kernel", "broken:skips_initial_states",
+                                           "--ssd-warmup", "broken:warm_skips_initial_states", "-k", "coverage", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*runs under Triton's interpreter on CPU, where nothing compiles*--ssd-compile-only*"])
 
