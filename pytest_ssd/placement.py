@@ -70,7 +70,7 @@ def switched_on(value: str, runs_suite: bool) -> bool:
 
 
 def default_triton_cache_dir(environ: Mapping[str, str]) -> str:
-    """Triton's default cache dir when ``TRITON_CACHE_DIR`` is unset: ``$TRITON_HOME`` or ``~``, then ``.triton/cache``."""
+    """Triton's default cache dir when ``TRITON_CACHE_DIR`` is unset: ``$TRITON_HOME`` (or ``~``)/.triton/cache."""
     home = environ.get("TRITON_HOME") or os.path.expanduser("~")
     return os.path.join(home, ".triton", "cache")
 

@@ -150,7 +150,8 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = dataclasses.replace(settings, seed=workerinput["ssd_seed"],
                                        seed_was_given=workerinput["ssd_seed_given"])
     worker = _worker_id(config)
-    runs_suite = names_the_suite(config.args, bool(config.getoption("pyargs", False)), str(config.invocation_params.dir))
+    runs_suite = names_the_suite(config.args, bool(config.getoption("pyargs", False)),
+                                 str(config.invocation_params.dir))
     changes = _environment_changes(settings, worker, runs_suite)
     session = SSDSession(settings, worker=worker or "main", gpu=changes.get("CUDA_VISIBLE_DEVICES"))
     config.stash[SESSION_KEY] = session
@@ -212,7 +213,8 @@ def _worker_lines(config: pytest.Config, session: SSDSession) -> list:
     elif os.environ.get("TRITON_CACHE_DIR"):
         cache = f"your TRITON_CACHE_DIR, never replaced ({why('isolate_cache')})"
     else:
-        cache = f"one Triton cache dir each ({why('isolate_cache')}): {default_triton_cache_dir(os.environ)}/pytest-ssd-gwN"
+        base = default_triton_cache_dir(os.environ)
+        cache = f"one Triton cache dir each ({why('isolate_cache')}): {base}/pytest-ssd-gwN"
     gpus = (f"one GPU each through CUDA_VISIBLE_DEVICES ({why('place_gpus')})" if switched_on(s.place_gpus, runs_suite)
             else f"the GPUs as set ({why('place_gpus')})")
     return [f"pytest-ssd: xdist workers: {cache}", f"pytest-ssd: xdist workers: {gpus}"]

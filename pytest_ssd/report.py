@@ -171,8 +171,9 @@ class SessionReport:
         if latency:
             lines.append("latency (first call vs steady state)")
         for wr, r in latency:
-            lines.append(f"  [{self._where(wr)}] {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
-                         f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]: {r.nodeid}")
+            lines.append(f"  {self._where(wr)} {r.nodeid}")
+            lines.append(f"      {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
+                         f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]")
         for wr in workers:
             if wr.unused_binaries:
                 lines.append(f"unused warm binaries {self._where(wr)}: {len(wr.unused_binaries)}")
@@ -205,7 +206,8 @@ class SessionReport:
                 persisted = "" if not w.persisted_caches else (
                     f"{w.cold_seconds:.2f}s" if w.cold_seconds is not None else "not on record")
                 rows.append((w.name or w.layer, self._where(wr), f"{w.seconds:.2f}s", str(w.compiles),
-                             str(w.compiles - w.compiled_fresh), str(w.autotunes), str(cold.get(w.layer, 0)), persisted))
+                             str(w.compiles - w.compiled_fresh), str(w.autotunes), str(cold.get(w.layer, 0)),
+                             persisted))
         if not rows:
             return []
         header = ("layer config (ssd_warmup)", "worker", "time", "binaries", "disk", "tunes", "cold", "uncached")
@@ -218,8 +220,10 @@ class SessionReport:
             first = cells[0] if len(cells[0]) <= widths[0] else cells[0][:widths[0] - 3] + "..."
             return "  " + "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))])
 
-        notes = ["  binaries: new in this process (a dtype-independent one an earlier warmup compiled is not counted again),",
-                 "  disk: of them loaded from Triton's disk cache; tunes: autotune keys; cold: events after this warmup"]
+        notes = ["  binaries: new in this process (a dtype-independent one an earlier warmup compiled is not "
+                 "counted again),",
+                 "  disk: of them loaded from Triton's disk cache; tunes: autotune keys; cold: events after this "
+                 "warmup"]
         if len(header) == 8:
             notes.append("  uncached: this warmup's time with empty caches, on record in --ssd-persist-autotune's dir")
         return ["warmups", row(header), *(row(r) for r in rows), *notes]
@@ -231,7 +235,8 @@ class SessionReport:
         return [
             f"warmup total: {_plural(in_warmups + t['cold_events_setup'], 'compile/autotune event')} = "
             f"{in_warmups} in {_plural(t['warmups'], 'ssd_warmup run')} ({t['warmup_seconds']:.2f}s) + "
-            f"{t['cold_events_setup']} in fixtures of {_plural(t['fixture_tests'], 'test')} ({t['fixture_seconds']:.2f}s)",
+            f"{t['cold_events_setup']} in fixtures of {_plural(t['fixture_tests'], 'test')} "
+            f"({t['fixture_seconds']:.2f}s)",
             f"after warmup: {_plural(t['cold_events_call'], 'event')} ({t['cold_seconds_call']:.2f}s): "
             f"{t['cold_tests_failed']} test(s) failed, {t['cold_tests_allowed']} allowed, "
             f"{t['cold_tests_reported']} reported; unused warm binaries: {unused}",

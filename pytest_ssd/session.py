@@ -51,9 +51,10 @@ def layer_short_name(layer: Any) -> str:
     words = [f"{dtype(layer.dtype)}/{dtype(layer.state_dtype)}", f"h{layer.nheads}x{layer.head_dim}",
              f"n{layer.ssm_state_size}", f"g{layer.n_groups}", f"c{layer.chunk_size}"]
     low, high = layer.dt_limit
-    words += [w for on, w in ((layer.tp_size > 1, f"tp{layer.tp_size}"), (layer.gated, "z"), (layer.d_has_hdim, "D/hdim"),
-                              (not layer.dt_softplus, "no-softplus"),
-                              ((low, high) != (0.0, float("inf")), f"dt_limit={low:g}..{high:g}")) if on]
+    flags = ((layer.tp_size > 1, f"tp{layer.tp_size}"), (layer.gated, "z"), (layer.d_has_hdim, "D/hdim"),
+             (not layer.dt_softplus, "no-softplus"),
+             ((low, high) != (0.0, float("inf")), f"dt_limit={low:g}..{high:g}"))
+    words += [word for on, word in flags if on]
     return " ".join(words)
 
 

@@ -118,7 +118,8 @@ def test_place_gpus_on_pins_each_worker_within_the_users_list(pytester, user_env
     seen = _seen(pytester)
     assert {w: s["CUDA_VISIBLE_DEVICES"] for w, s in seen.items()} == {"gw0": "4", "gw1": "5"}
     assert all(s["TRITON_CACHE_DIR"] == user_env["TRITON_CACHE_DIR"] for s in seen.values())
-    result.stdout.fnmatch_lines(["pytest-ssd: xdist workers: one GPU each through CUDA_VISIBLE_DEVICES (place_gpus=on)"])
+    result.stdout.fnmatch_lines(["pytest-ssd: xdist workers: one GPU each through CUDA_VISIBLE_DEVICES "
+                                 "(place_gpus=on)"])
 
 
 def test_both_from_env_and_ini(pytester, no_user_cache, monkeypatch):

@@ -52,7 +52,8 @@ def test_a_failure_enforced_by_the_marker_says_so_not_the_flag(pytester):
 """)
     result = pytester.runpytest(*COMPILE_ONLY)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*in the call phase after warmup, * spent (enforced by @pytest.mark.ssd_requires_warm):"])
+    result.stdout.fnmatch_lines(["*in the call phase after warmup, * spent "
+                                 "(enforced by @pytest.mark.ssd_requires_warm):"])
     assert "--ssd-require-warm" not in result.stdout.str()
 
 
@@ -227,7 +228,8 @@ def test_the_summary_is_a_table_within_120_columns_with_cold_counts_per_layer():
     text = "\n".join(lines)
     assert "HAS_INITSTATES=True never warmed (warmup had False)" in text.replace("\n        ", " ")  # wrapped, not cut
     assert "FAILED (--ssd-require-warm) [gw1 GPU 1] 0.80s: pytest_ssd/suite/" in text
-    assert "warmup total: 12 compile/autotune events = 11 in 2 ssd_warmup runs (9.40s) + 1 in fixtures of 1 test" in text
+    assert ("warmup total: 12 compile/autotune events = 11 in 2 ssd_warmup runs (9.40s) + "
+            "1 in fixtures of 1 test") in text
     assert "after warmup: 2 events (0.80s): 1 test(s) failed, 0 allowed, 0 reported" in text
 
 

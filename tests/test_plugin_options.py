@@ -104,8 +104,9 @@ def test_failure_message_names_the_seed(pytester):
     pytester.makepyfile("def test_fails(ssd_seed): assert False")
     result = pytester.runpytest("--ssd-seed", "77")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*pytest-ssd*", "*seed 77: reproduce with --ssd-seed=77 test_failure_message_names_the_seed.py"
-                                 "::test_fails (this test's own seed, *, comes from it and the test id)"])
+    result.stdout.fnmatch_lines(["*pytest-ssd*", "*seed 77: reproduce with --ssd-seed=77 "
+                                 "test_failure_message_names_the_seed.py::test_fails "
+                                 "(this test's own seed, *, comes from it and the test id)"])
 
 
 @pytest.mark.parametrize(
