@@ -4,7 +4,6 @@ import json
 import re
 from pathlib import Path
 
-
 import pytest_ssd
 from pytest_ssd.options import OPTIONS
 from pytest_ssd.report import REPORT_FORMAT, SessionReport, WorkerReport
