@@ -196,20 +196,25 @@ class SessionReport:
         return "reported (not enforced)"
 
     def _warmup_table(self, workers: list) -> list:
-        rows = []
+        rows, idle = [], []  # idle: warmups with nothing to show (on CPU, those under Triton's interpreter)
         for wr in workers:
             cold = {}
             for c in wr.cold:
                 if c.phase == "call" and c.layer is not None:
                     cold[c.layer] = cold.get(c.layer, 0) + len(c.lines)
             for w in wr.warmups:
+                if not (w.compiles or w.autotunes or cold.get(w.layer) or w.persisted_caches):
+                    idle.append(w)
+                    continue
                 persisted = "" if not w.persisted_caches else (
                     f"{w.cold_seconds:.2f}s" if w.cold_seconds is not None else "not on record")
                 rows.append((w.name or w.layer, self._where(wr), f"{w.seconds:.2f}s", str(w.compiles),
                              str(w.compiles - w.compiled_fresh), str(w.autotunes), str(cold.get(w.layer, 0)),
                              persisted))
+        idle_line = ([f"  and {_plural(len(idle), 'warmup')} that compiled and tuned nothing and met nothing cold "
+                      f"({sum(w.seconds for w in idle):.2f}s; e.g. under Triton's interpreter)"] if idle else [])
         if not rows:
-            return []
+            return ["warmups", *idle_line] if idle else []
         header = ("layer config (ssd_warmup)", "worker", "time", "binaries", "disk", "tunes", "cold", "uncached")
         if not any(r[-1] for r in rows):  # the last column only with --ssd-persist-autotune
             header, rows = header[:-1], [r[:-1] for r in rows]
@@ -226,7 +231,7 @@ class SessionReport:
                  "warmup"]
         if len(header) == 8:
             notes.append("  uncached: this warmup's time with empty caches, on record in --ssd-persist-autotune's dir")
-        return ["warmups", row(header), *(row(r) for r in rows), *notes]
+        return ["warmups", row(header), *(row(r) for r in rows), *idle_line, *notes]
 
     def _total_lines(self) -> list:
         t = self.totals()
