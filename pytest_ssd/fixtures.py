@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from .plugin import ssd_session
+from .plugin import SEED_KEY, ssd_session
 from .session import Mode, test_seed
 
 
@@ -28,8 +28,14 @@ def ssd_mode(pytestconfig) -> Mode:
 
 @pytest.fixture
 def ssd_seed(request) -> int:
-    """This test's seed: derived from ``--ssd-seed`` and the test id (stable across order and workers)."""
-    return test_seed(ssd_session(request.config).settings.seed, request.node.nodeid)
+    """This test's seed: derived from ``--ssd-seed`` and the test id (stable across order and workers).
+
+    Noted on the test, so a failure of a test that used a seed (directly or through a fixture
+    such as ``mixer2_layer``) says how to reproduce it, and only such a failure.
+    """
+    seed = test_seed(ssd_session(request.config).settings.seed, request.node.nodeid)
+    request.node.stash[SEED_KEY] = seed
+    return seed
 
 
 @pytest.fixture
@@ -132,7 +138,7 @@ def ssd_coverage_check(request) -> Callable:
         with record_triton() as rec, jit_dispatch():  # what Triton would compile, launch by launch
             workload()
         if rec.events:  # filed here once: the test phase's watcher skips them
-            lines = session.file_cold(request.node.nodeid, "call", "failed", rec.events)
+            lines = session.file_cold(request.node.nodeid, "call", "failed", rec.events, enforced_by="ssd_coverage_check")
             pytest.fail(f"{what}: {len(rec.events)} Triton compile/autotune event(s) after warmup "
                         f"({len(warm.events)} event(s) in the warmup):\n  " + "\n  ".join(lines), pytrace=False)
 

@@ -7,9 +7,11 @@ triton: the plugin is loaded into every pytest run of an environment that has it
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import random
 import tempfile
+import traceback
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
@@ -18,6 +20,7 @@ import pytest
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 KERNEL_APIS = ("auto", "vllm", "mamba_ssm")
+SWITCHES = ("auto", "on", "off")  # auto: on only when the command line runs the conformance suite
 DEFAULT_KERNEL = "pytest_ssd.kernels:mamba_chunk_scan_combined_varlen"
 DEFAULT_WARMUP = "pytest_ssd.warmup:warmup_ssd_kernels"
 # The targets pytest_ssd.compile_only supports (a test keeps the two lists equal).
@@ -140,11 +143,12 @@ OPTIONS = (
            "model dtypes for the conformance suite: fp32, fp16, bf16 or a comma-separated list"),
     Option("seed", "--ssd-seed", _seed, None, "base seed for all random inputs (default: random, printed)"),
     Option("report", "--ssd-report", _path, None, "write a JSON report (warmups, cold events, environment) here"),
-    Option("kernel", "--ssd-kernel", _entry_point, DEFAULT_KERNEL, "SSD entry point under test, module:callable"),
+    Option("kernel", "--ssd-kernel", _entry_point, DEFAULT_KERNEL,
+           "SSD entry point under test, module:callable (needs --ssd-warmup)"),
     Option("kernel_api", "--ssd-kernel-api", _choice(KERNEL_APIS), "auto",
            "call style of --ssd-kernel: vllm (packed varlen), mamba_ssm (batched), or auto (from its signature)"),
     Option("warmup", "--ssd-warmup", _entry_point, DEFAULT_WARMUP,
-           "warmup for --ssd-kernel, module:callable, called as warmup(layer)"),
+           "warmup for --ssd-kernel, module:callable, called as warmup(layer); checked at startup when given"),
     Option("workload", "--ssd-workload", _entry_point, None,
            "the engine's own call path for the warmth verdict, module:callable, called as workload(layer, inputs) "
            "per request (default: the kernel's call variants)"),
@@ -161,6 +165,12 @@ OPTIONS = (
     # a compile or autotune on the first request is 1000x and more.
     Option("max_spike", "--ssd-max-spike", _ratio, 4.0,
            "largest first-call / steady-state latency ratio the GPU latency checks accept"),
+    Option("isolate_cache", "--ssd-isolate-cache", _choice(SWITCHES), "auto",
+           "give each xdist worker its own Triton cache dir: auto (only when running the conformance suite), "
+           "on, off; never replaces a TRITON_CACHE_DIR you set"),
+    Option("place_gpus", "--ssd-place-gpus", _choice(SWITCHES), "auto",
+           "pin each xdist worker to one GPU through CUDA_VISIBLE_DEVICES: auto (only when running the "
+           "conformance suite), on, off; picks from a CUDA_VISIBLE_DEVICES list you set"),
 )
 
 
@@ -180,21 +190,32 @@ class Settings:
     compile_only: Optional[str] = None
     persist_autotune: Optional[str] = None
     max_spike: float = 4.0
+    isolate_cache: str = "auto"
+    place_gpus: str = "auto"
     sources: dict = field(default_factory=dict)  # option name -> "cli" | "env" | "ini" | "default"
 
-    def describe(self) -> list:
-        """Lines for the report header: every effective setting and where it came from."""
-        def show(name: str) -> str:
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                value = ",".join(value)
-            return f"{name}={value} ({self.sources.get(name, 'default')})"
+    @property
+    def given(self) -> tuple:
+        """The options set on the command line, in the environment or in an ini file."""
+        return tuple(name for name, source in self.sources.items() if source != "default")
 
+    def show(self, name: str) -> str:
+        """``name=value``, with where it came from unless it is the default."""
+        value = getattr(self, name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        source = self.sources.get(name, "default")
+        return f"{name}={value}" + ("" if source == "default" else f" ({source})")
+
+    def describe(self) -> list:
+        """Report-header lines for the effective settings (the device and mode come from the session)."""
+        seed = (f"seed={self.seed} ({'given' if self.seed_was_given else 'random'}; "
+                f"reproduce with --ssd-seed={self.seed})")
         return [
-            "pytest-ssd: " + ", ".join(show(n) for n in ("require_warm", "device", "compile_only", "dtype")),
-            f"pytest-ssd: seed={self.seed} ({'given' if self.seed_was_given else 'random'}; "
-            f"reproduce with --ssd-seed={self.seed}), kernel={self.kernel} ({self.kernel_api}), warmup={self.warmup}",
-            "pytest-ssd: " + ", ".join(show(n) for n in ("report", "persist_autotune", "max_spike", "workload")),
+            f"pytest-ssd: kernel={self.kernel} (api {self.kernel_api}), warmup={self.warmup}"
+            + (f", workload={self.workload}" if self.workload else ""),
+            "pytest-ssd: " + ", ".join([self.show("require_warm"), self.show("dtype"), seed]),
+            "pytest-ssd: " + ", ".join(self.show(n) for n in ("report", "persist_autotune", "max_spike")),
         ]
 
 
@@ -299,8 +320,10 @@ def load_callable(spec: str, what: str) -> Callable:
     try:
         obj = importlib.import_module(module_name)
     except Exception as e:  # any import-time error of user code is a configuration problem
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<")]
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames[1:] else ""  # [0] is this line
         raise pytest.UsageError(f"pytest-ssd: {what} {spec!r}: module {module_name!r} does not import: "
-                                f"{type(e).__name__}: {e}") from e
+                                f"{type(e).__name__}: {e}{where}") from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise pytest.UsageError(f"pytest-ssd: {what} {spec!r}: {module_name!r} has no attribute {attr!r}")
@@ -308,3 +331,33 @@ def load_callable(spec: str, what: str) -> Callable:
     if not callable(obj):
         raise pytest.UsageError(f"pytest-ssd: {what} {spec!r} is not callable (got {type(obj).__name__})")
     return obj
+
+
+def check_kernel_has_warmup(settings: Settings) -> None:
+    """The kernel under test is the kernel warmed: a kernel of one's own needs a warmup of one's own.
+
+    The default warmup warms the bundled kernel only, so with ``--ssd-kernel X`` and no
+    ``--ssd-warmup`` every check would meet X cold. A UsageError, before anything imports.
+    """
+    if settings.kernel != DEFAULT_KERNEL and settings.sources.get("warmup", "default") == "default":
+        raise pytest.UsageError(
+            f"pytest-ssd: --ssd-kernel {settings.kernel} needs --ssd-warmup: the default warmup "
+            f"({DEFAULT_WARMUP}) warms the bundled kernel, not this one, so every check would meet it cold.\n"
+            f"Pass --ssd-warmup module:fn, the warmup your engine runs for this kernel, called as fn(layer) "
+            f"with a pytest_ssd.layer.Mixer2Layer (docs: README, 'Use it in your repository')."
+        )
+
+
+def check_warmup_signature(fn: Callable, spec: str) -> None:
+    """A UsageError unless ``fn`` can be called as ``fn(layer)``: one positional argument, nothing else required."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or extension callable: nothing to read, so nothing to check
+        return
+    try:
+        signature.bind(object())
+    except TypeError as e:
+        raise pytest.UsageError(
+            f"pytest-ssd: --ssd-warmup {spec!r} is called as fn(layer), with one positional argument; "
+            f"its signature {signature} does not accept that ({e})"
+        ) from None

@@ -1,15 +1,22 @@
-"""Which GPU an xdist worker uses: one GPU per worker, spread round-robin.
+"""Where an xdist worker runs: its GPU and its Triton cache dir, and when the plugin sets them.
 
-Pure functions (no torch, no CUDA): the plugin calls :func:`gpu_for_worker` in each worker's
-``pytest_configure``, before anything initialises CUDA, and pins the worker with
-``CUDA_VISIBLE_DEVICES`` so every ``"cuda"`` tensor of that worker lands on its own GPU.
+Pure functions (no torch, no CUDA). Both are opt-in (``--ssd-place-gpus``,
+``--ssd-isolate-cache``: ``auto``, ``on``, ``off``): ``auto`` turns them on only when the
+command line runs the plugin's own conformance suite, so a repo that merely has the plugin
+installed keeps its environment. The plugin applies the result in each worker's
+``pytest_configure``, before anything initialises CUDA: ``CUDA_VISIBLE_DEVICES`` only works if
+set before that.
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 _WORKER_RE = re.compile(r"^gw(\d+)$")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+SUITE_DIR = os.path.join(PACKAGE_DIR, "suite")
+SUITE_MODULE = "pytest_ssd.suite"
 
 
 def worker_index(worker_id: str) -> int:
@@ -39,3 +46,43 @@ def gpu_for_worker(worker_id: str, gpus: Sequence[str]) -> Optional[str]:
     if len(gpus) <= 1:
         return None
     return gpus[worker_index(worker_id) % len(gpus)]
+
+
+def names_the_suite(args: Sequence[str], pyargs: bool, invocation_dir: str) -> bool:
+    """Whether pytest's positional ``args`` run the conformance suite (or the whole package).
+
+    ``--pyargs pytest_ssd.suite[.module]`` or ``pytest_ssd``, or a path inside the suite's
+    directory or the package's own. The suite is not imported: that would import torch.
+    """
+    for arg in args:
+        target = str(arg).split("::", 1)[0]
+        if pyargs and (target in (SUITE_MODULE, "pytest_ssd") or target.startswith(SUITE_MODULE + ".")):
+            return True
+        path = os.path.realpath(os.path.join(invocation_dir, target))
+        if path == PACKAGE_DIR or path == SUITE_DIR or path.startswith(SUITE_DIR + os.sep):
+            return True
+    return False
+
+
+def switched_on(value: str, runs_suite: bool) -> bool:
+    """An ``auto``/``on``/``off`` option's effect: ``auto`` is on only for a session that runs the suite."""
+    return value == "on" or (value == "auto" and runs_suite)
+
+
+def default_triton_cache_dir(environ: Mapping[str, str]) -> str:
+    """Triton's default cache dir when ``TRITON_CACHE_DIR`` is unset: ``$TRITON_HOME`` (or ``~``)/.triton/cache."""
+    home = environ.get("TRITON_HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".triton", "cache")
+
+
+def worker_cache_dir(worker_id: str, environ: Mapping[str, str]) -> Optional[str]:
+    """This worker's own Triton cache dir, or None where the user set ``TRITON_CACHE_DIR``.
+
+    A dir the user set is theirs (a pre-warmed shared cache, say): rewriting it would make it
+    cold, so it is never replaced. Otherwise ``<default dir>/pytest-ssd-gwN``, so workers do not
+    race on one dir (triton#11512).
+    """
+    worker_index(worker_id)  # a clear error for anything but an xdist worker id
+    if environ.get("TRITON_CACHE_DIR"):
+        return None
+    return os.path.join(default_triton_cache_dir(environ), f"pytest-ssd-{worker_id}")

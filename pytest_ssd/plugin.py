@@ -2,22 +2,40 @@
 
 Thin by design: the work is done by the library modules (events, coverage, warmup, report),
 which a model loader can use at runtime without pytest.
+
+The plugin autoloads in every pytest run of an environment that has it installed, so it changes
+nothing unless asked: a session *uses* it when it gives an ``--ssd-*`` option (CLI, environment
+or ini), loads it with ``-p pytest_ssd``, or runs the conformance suite. Any other session gets
+one header line and no change to its environment; its fixtures and markers still work.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from typing import Optional
+import sys
+from typing import Iterator, Optional
 
 import pytest
 
-from .options import add_options, checked_paths, resolve
-from .placement import gpu_for_worker, visible_gpus
-from .report import SessionReport, WorkerReport, environment
+from . import __version__
+from .options import add_options, check_kernel_has_warmup, check_warmup_signature, checked_paths, resolve
+from .placement import (default_triton_cache_dir, gpu_for_worker, names_the_suite, switched_on, visible_gpus,
+                        worker_cache_dir)
+from .report import ColdRecord, SessionReport, WorkerReport, environment
 from .session import SSDSession
 
 SESSION_KEY = pytest.StashKey[SSDSession]()
 CONTROLLER_KEY = pytest.StashKey[list]()  # WorkerReports received from xdist workers
+IN_USE_KEY = pytest.StashKey[bool]()  # this session asked for the plugin (see the module docstring)
+RUNS_SUITE_KEY = pytest.StashKey[bool]()  # the command line runs the conformance suite
+SEED_KEY = pytest.StashKey[int]()  # on an item: the seed its ssd_seed fixture handed out
+SETUP_SOURCES_KEY = pytest.StashKey[list]()  # during a watched setup: (event, fixture name) pairs
+
+NO_DRIVER_SECTION = "pytest-ssd: no GPU driver"
+NO_DRIVER_HINT = ("Triton found no GPU driver ('0 active drivers'), so kernels cannot launch on this machine. "
+                  "To check warmth here, add --ssd-compile-only TARGET (e.g. cuda:90): kernels compile for that "
+                  "GPU and nothing runs.")
 
 MARKERS = (
     "ssd_allow_cold(reason): this test may compile Triton kernels or autotune in its call phase "
@@ -50,25 +68,76 @@ def _count_gpus_without_cuda_init() -> int:
         return 0
 
 
-def _place_worker(worker: str) -> Optional[str]:
-    gpu = gpu_for_worker(worker, visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _count_gpus_without_cuda_init()))
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    return gpu
+# ---- the environment: changed only when asked -----------------------------------------------
 
+def _environment_changes(settings, worker: Optional[str], runs_suite: bool) -> dict:
+    """What this process sets in its environment (name -> value), and nothing unasked.
 
-def _isolate_triton_cache(worker: Optional[str], persist_dir: Optional[str]) -> None:
-    """Never let processes race on one Triton cache dir (triton#11512).
-
-    With --ssd-persist-autotune DIR every process shares DIR on purpose (warmups take a file lock
-    in turn); otherwise each xdist worker gets its own subdirectory.
+    ``--ssd-persist-autotune DIR``: every process shares DIR on purpose (warmups take a file lock
+    in turn). ``--ssd-isolate-cache``: each xdist worker its own Triton cache dir, never over a
+    ``TRITON_CACHE_DIR`` the user set. ``--ssd-place-gpus``: each worker one GPU.
     """
-    if persist_dir:
-        os.environ["TRITON_CACHE_DIR"] = os.path.abspath(persist_dir)
-        os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-    elif worker is not None:
-        base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
-        os.environ["TRITON_CACHE_DIR"] = os.path.join(base, f"pytest-ssd-{worker}")
+    changes = {}
+    if settings.persist_autotune:
+        changes["TRITON_CACHE_DIR"] = os.path.abspath(settings.persist_autotune)
+        changes["TRITON_CACHE_AUTOTUNING"] = "1"
+    elif worker and switched_on(settings.isolate_cache, runs_suite):
+        own = worker_cache_dir(worker, os.environ)
+        if own:
+            changes["TRITON_CACHE_DIR"] = own
+    if worker and switched_on(settings.place_gpus, runs_suite):
+        gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _count_gpus_without_cuda_init())
+        gpu = gpu_for_worker(worker, gpus)
+        if gpu is not None:
+            changes["CUDA_VISIBLE_DEVICES"] = gpu
+    return changes
+
+
+def _apply_environment(session: SSDSession, changes: dict) -> None:
+    """Set ``changes``; the session's cleanup restores each variable (an in-process session ends)."""
+    for name, value in changes.items():
+        before = os.environ.get(name)
+        os.environ[name] = value
+        session.cleanup.callback(_restore_variable, name, before)
+
+
+def _restore_variable(name: str, value: Optional[str]) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def _in_use(config: pytest.Config, settings, runs_suite: bool) -> bool:
+    plugins = config.getoption("plugins", None) or []
+    return bool(settings.given) or runs_suite or "pytest_ssd" in plugins
+
+
+@contextlib.contextmanager
+def _importable_from(*dirs) -> Iterator[None]:
+    """Modules of the repo under test import at startup, as they would once collection put the
+    rootdir on ``sys.path``: the dirs go after installed packages, for the duration."""
+    added = [d for d in dict.fromkeys(str(d) for d in dirs) if d not in sys.path]
+    sys.path.extend(added)
+    try:
+        yield
+    finally:
+        for d in added:
+            sys.path.remove(d)
+
+
+def _check_entry_points(config: pytest.Config, session: SSDSession) -> None:
+    """A usage error (exit 4) before any test runs for a given kernel or warmup that cannot be used.
+
+    Checked when given (CLI, environment or ini): the bundled defaults are known good. The kernel
+    is imported through the session, which sets ``TRITON_INTERPRET`` first where it must.
+    """
+    given = session.settings.given
+    with _importable_from(config.rootpath, config.invocation_params.dir):
+        if "kernel" in given or "kernel_api" in given:
+            session.kernel  # imports it, checks it is callable, detects (or takes) its API style
+        if "warmup" in given:
+            check_warmup_signature(session.warmup_fn, session.settings.warmup)
 
 
 # ---- Triton's interpreter: settled before conftest files load ---------------------------------
@@ -113,23 +182,28 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     settings = resolve(config)
+    check_kernel_has_warmup(settings)
     workerinput = getattr(config, "workerinput", None)
     if workerinput and "ssd_seed" in workerinput:
         settings = dataclasses.replace(settings, seed=workerinput["ssd_seed"],
                                        seed_was_given=workerinput["ssd_seed_given"])
     worker = _worker_id(config)
     settings = checked_paths(settings, probe_report=worker is None)  # usage errors now, not after the run
-    gpu = _place_worker(worker) if worker else None
-    _isolate_triton_cache(worker, settings.persist_autotune)
+    runs_suite = names_the_suite(config.args, bool(config.getoption("pyargs", False)),
+                                 str(config.invocation_params.dir))
+    changes = _environment_changes(settings, worker, runs_suite)
+    session = SSDSession(settings, worker=worker or "main", gpu=changes.get("CUDA_VISIBLE_DEVICES"))
+    config.stash[SESSION_KEY] = session
+    config.stash[CONTROLLER_KEY] = []
+    config.stash[RUNS_SUITE_KEY] = runs_suite
+    config.stash[IN_USE_KEY] = _in_use(config, settings, runs_suite)
+    _apply_environment(session, changes)  # before anything initialises CUDA or compiles
     if settings.device == "cuda" and not settings.compile_only:
         import torch
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("pytest-ssd: --ssd-device cuda, but torch.cuda.is_available() is False; "
                                     "use --ssd-device cpu or auto")
-    session = SSDSession(settings, worker=worker or "main", gpu=gpu)
-    config.stash[SESSION_KEY] = session
-    config.stash[CONTROLLER_KEY] = []
     if EARLY_KEY in config.stash:
         session.adopt_interpreter(config.stash[EARLY_KEY])
     session.settle_interpreter()  # where nothing settled it before conftest files loaded
@@ -139,6 +213,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session.cleanup.enter_context(compile_only(target=settings.compile_only))
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(), "pytest-ssd-xdist")
+    _check_entry_points(config, session)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -146,8 +221,53 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY].cleanup.close()
 
 
+# ---- the report header -----------------------------------------------------------------------
+
+def _mode_words(session: SSDSession) -> str:
+    """Where kernels run and where compile-only mode is in effect."""
+    mode, s = session.mode, session.settings
+    if mode.compile_only:
+        source = s.sources.get("compile_only", "default")
+        return (f"compile-only {mode.compile_only} ({source}) for the whole session: kernels compile for that "
+                f"target, nothing runs, correctness tests skip")
+    device = f"device={mode.device}" + (" (auto)" if s.device == "auto" else f" ({s.sources.get('device')})")
+    if mode.device == "cuda":
+        return f"{device}: kernels run on the GPU"
+    coverage = ("warmup coverage skipped (interpreted kernel: rerun with --ssd-compile-only cuda:90)"
+                if session.coverage_skip_reason else f"warmup coverage in compile-only mode for {mode.coverage_target}")
+    return f"{device}: numerics under Triton's interpreter; {coverage}"
+
+
+def _worker_lines(config: pytest.Config, session: SSDSession) -> list:
+    """What xdist workers do with the Triton cache dir and the GPUs (nothing without xdist)."""
+    if config.getoption("dist", "no") == "no":
+        return []
+    s, runs_suite = session.settings, config.stash[RUNS_SUITE_KEY]
+
+    def why(name: str) -> str:
+        value = getattr(s, name)
+        return f"{name}={value}" + (", the suite runs" if value == "auto" and runs_suite else "")
+
+    if s.persist_autotune:
+        cache = f"all share --ssd-persist-autotune {s.persist_autotune} (warmups take turns)"
+    elif not switched_on(s.isolate_cache, runs_suite):
+        cache = f"the Triton cache dir as set ({why('isolate_cache')})"
+    elif os.environ.get("TRITON_CACHE_DIR"):
+        cache = f"your TRITON_CACHE_DIR, never replaced ({why('isolate_cache')})"
+    else:
+        base = default_triton_cache_dir(os.environ)
+        cache = f"one Triton cache dir each ({why('isolate_cache')}): {base}/pytest-ssd-gwN"
+    gpus = (f"one GPU each through CUDA_VISIBLE_DEVICES ({why('place_gpus')})" if switched_on(s.place_gpus, runs_suite)
+            else f"the GPUs as set ({why('place_gpus')})")
+    return [f"pytest-ssd: xdist workers: {cache}", f"pytest-ssd: xdist workers: {gpus}"]
+
+
 def pytest_report_header(config: pytest.Config) -> list:
-    return ssd_session(config).settings.describe()
+    if not config.stash[IN_USE_KEY]:
+        return [f"pytest-ssd {__version__}: idle (no --ssd-* option given); -p no:pytest_ssd unloads it"]
+    session = ssd_session(config)
+    return [f"pytest-ssd {__version__}: {_mode_words(session)}", *session.settings.describe(),
+            *_worker_lines(config, session)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -167,17 +287,20 @@ def _watched(item: pytest.Item) -> bool:
                 or item.get_closest_marker("ssd_allow_cold"))
 
 
-SSD_FIXTURES = ("mixer2_layer", "triton_events")
-
-
-def _uses_ssd(item: pytest.Item) -> bool:
-    names = getattr(item, "fixturenames", ())
-    return _watched(item) or any(n.startswith("ssd_") or n in SSD_FIXTURES for n in names)
-
-
-def _enforced(item: pytest.Item) -> bool:
+def _enforced_by(item: pytest.Item) -> Optional[str]:
+    """What makes a cold call phase fail this test, in the words a user would type; None if nothing."""
     settings = ssd_session(item.config).settings
-    return bool(settings.require_warm or item.get_closest_marker("ssd_requires_warm"))
+    if settings.require_warm:
+        source = settings.sources.get("require_warm", "cli")
+        return "--ssd-require-warm" + {"cli": "", "env": " (env PYTEST_SSD_REQUIRE_WARM)",
+                                       "ini": " (ini ssd_require_warm)"}.get(source, "")
+    if item.get_closest_marker("ssd_requires_warm"):
+        return "@pytest.mark.ssd_requires_warm"
+    return None
+
+
+def _fixture_of(event, sources: list) -> str:
+    return next((name for e, name in sources if e == event), "unknown")
 
 
 def _record_phase(item: pytest.Item, phase: str, rec, test_failed: bool) -> Optional[str]:
@@ -186,20 +309,24 @@ def _record_phase(item: pytest.Item, phase: str, rec, test_failed: bool) -> Opti
     events = session.unfiled(rec.events)  # warmups and coverage checks file their own
     if not events:
         return None
+    seconds = round(sum(e.seconds or 0.0 for e in events), 4)
+    if phase == "setup":  # the test's fixtures warming: a warmup, named by fixture, never a miss
+        sources = item.config.stash.get(SETUP_SOURCES_KEY, [])
+        session.warmed_by_fixture(events)
+        lines = [f"{e.describe()} -- in fixture {_fixture_of(e, sources)!r}" for e in events]
+        session.report.cold.append(ColdRecord(nodeid=item.nodeid, phase=phase, outcome="warmup", seconds=seconds,
+                                              lines=lines))
+        return None
     allow = item.get_closest_marker("ssd_allow_cold")
-    if phase != "call" or not _enforced(item):
-        outcome = "reported"
-    elif allow is not None:
-        outcome = "allowed"
-    else:
-        outcome = "failed"
+    enforced_by = _enforced_by(item)
+    outcome = "reported" if enforced_by is None else "allowed" if allow is not None else "failed"
     allow_reason = (allow.kwargs.get("reason") or (allow.args[0] if allow.args else "no reason given")) if allow else None
-    lines = session.file_cold(item.nodeid, phase, outcome, events, allow_reason)
+    lines = session.file_cold(item.nodeid, phase, outcome, events, allow_reason,
+                              enforced_by=enforced_by if outcome == "failed" else None)
     if outcome != "failed" or test_failed:
         return None
-    cost = sum(e.seconds or 0.0 for e in events)
-    return (f"pytest-ssd: {len(events)} Triton compile/autotune event(s) in the call phase after warmup "
-            f"(--ssd-require-warm), {cost:.2f}s spent:\n  " + "\n  ".join(lines)
+    return (f"pytest-ssd: {len(events)} Triton compile/autotune event(s) in the call phase after warmup, "
+            f"{seconds:.2f}s spent (enforced by {enforced_by}):\n  " + "\n  ".join(lines)
             + "\nWarm these in the warmup, or mark the test @pytest.mark.ssd_allow_cold(reason=...).")
 
 
@@ -233,10 +360,30 @@ def _blinded_recorder(phase: str, rec) -> Optional[str]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item):
+    ssd_session(item.config).layers_warmed_in_test.clear()
     _skip_gpu_test_without_cuda(item)
     if not _watched(item):
         return (yield)
-    return (yield from _watch_phase(item, "setup"))
+    item.config.stash[SETUP_SOURCES_KEY] = []
+    try:
+        return (yield from _watch_phase(item, "setup"))
+    finally:
+        del item.config.stash[SETUP_SOURCES_KEY]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """In a watched setup, which fixture compiled what (a fixture that warms is named in the report)."""
+    sources = request.config.stash.get(SETUP_SOURCES_KEY, None)
+    if sources is None:
+        return (yield)
+    from .events import record_triton
+
+    with record_triton() as rec:
+        try:
+            return (yield)
+        finally:  # a fixture that requests another inside its body records after it: the inner one wins
+            sources.extend((e, fixturedef.argname) for e in rec.events)
 
 
 def _skip_gpu_test_without_cuda(item: pytest.Item) -> None:
@@ -255,12 +402,23 @@ def pytest_runtest_call(item: pytest.Item):
     return (yield from _watch_phase(item, "call"))
 
 
+def _no_gpu_driver(call: pytest.CallInfo) -> bool:
+    return call.excinfo is not None and "0 active drivers" in str(call.excinfo.value)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
-    if report.failed and _uses_ssd(item):
-        seed = ssd_session(item.config).settings.seed
-        report.sections.append(("pytest-ssd", f"seed {seed}: reproduce with --ssd-seed={seed} {item.nodeid}"))
+    if not report.failed:
+        return report
+    session = ssd_session(item.config)
+    seed = item.stash.get(SEED_KEY, None)  # only a test that used ssd_seed (directly or through a fixture)
+    if seed is not None:
+        base = session.settings.seed
+        report.sections.append(("pytest-ssd", f"seed {base}: reproduce with --ssd-seed={base} {item.nodeid} "
+                                              f"(this test's own seed, {seed}, comes from it and the test id)"))
+    if item.config.stash[IN_USE_KEY] and not session.settings.compile_only and _no_gpu_driver(call):
+        report.sections.append((NO_DRIVER_SECTION, NO_DRIVER_HINT))
     return report
 
 
@@ -291,14 +449,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if SESSION_KEY not in config.stash or _worker_id(config) is not None:
         return
     session = ssd_session(config)
-    if not any(w.recorded_anything for w in [session.report, *config.stash[CONTROLLER_KEY]]):
+    recorded = any(w.recorded_anything for w in [session.report, *config.stash[CONTROLLER_KEY]])
+    failures = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
+    no_driver = sum(1 for r in failures if any(name == NO_DRIVER_SECTION for name, _ in getattr(r, "sections", ())))
+    if not recorded and not no_driver:
         return
-    report = _session_report(config)
     terminalreporter.section("pytest-ssd")
-    for line in report.summary_lines():
-        terminalreporter.write_line(line)
+    if recorded:
+        for line in _session_report(config).summary_lines():
+            terminalreporter.write_line(line)
+    if no_driver:
+        terminalreporter.write_line(f"{no_driver} test(s) failed with Triton's '0 active drivers': no GPU driver here; "
+                                    f"add --ssd-compile-only TARGET (e.g. cuda:90)")
     if session.settings.report:
-        terminalreporter.write_line(f"JSON report: {session.settings.report}")
+        terminalreporter.write_line(f"JSON report (full layer and binary identities): {session.settings.report}")
 
 
 class XdistHooks:

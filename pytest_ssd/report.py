@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import platform
+import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -24,18 +25,21 @@ class WarmupRecord:
     binaries: list = field(default_factory=list)  # describe() lines
     persisted_caches: bool = False  # --ssd-persist-autotune was on
     cold_seconds: Optional[float] = None  # this layer's warmup with empty caches, as recorded in the persist dir
+    name: Optional[str] = None  # the layer config in a few words, for the terminal (session.layer_short_name)
 
 
 @dataclass
 class ColdRecord:
-    """Compiles/autotunes seen during one test phase."""
+    """Compiles/autotunes seen during one test phase, after the process's warmups."""
 
     nodeid: str
-    phase: str  # "setup" (reported only) or "call" (fails under require-warm)
-    outcome: str  # "failed" (enforced), "allowed" (ssd_allow_cold), "reported"
+    phase: str  # "setup" (the test's fixtures: a warmup, never failed) or "call"
+    outcome: str  # "failed" (enforced), "allowed" (ssd_allow_cold), "reported" (not enforced), "warmup" (setup)
     seconds: float
-    lines: list = field(default_factory=list)  # one explained line per event
+    lines: list = field(default_factory=list)  # one line per event: the binary, then why (or which fixture)
     allow_reason: Optional[str] = None
+    enforced_by: Optional[str] = None  # "--ssd-require-warm (cli)", "@pytest.mark.ssd_requires_warm", ...
+    layer: Optional[str] = None  # WarmupRecord.layer of the config the test warmed last, if any
 
 
 @dataclass
@@ -106,6 +110,28 @@ class WorkerReport:
         )
 
 
+REPORT_FORMAT = "pytest-ssd-report-v1"  # docs/report.md; renaming or dropping a field bumps it
+WIDTH = 120  # the terminal summary's widest line
+
+
+def fit(line: str, width: int = WIDTH) -> str:
+    """``line`` cut to ``width`` columns: the middle goes, the start and the end (a test id) stay."""
+    if len(line) <= width:
+        return line
+    tail = (width - 3) // 3
+    return line[:width - 3 - tail] + "..." + line[len(line) - tail:]
+
+
+def wrapped(line: str, indent: int = 6, width: int = WIDTH) -> list:
+    """A binary's line, whole, on as many lines of ``width`` as it takes (continuations indented 2 more)."""
+    return textwrap.wrap(line, width=width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
+                         break_on_hyphens=False) or [" " * indent]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 @dataclass
 class SessionReport:
     seed: int
@@ -114,17 +140,27 @@ class SessionReport:
     workers: list = field(default_factory=list)  # WorkerReport
 
     def totals(self) -> dict:
+        """Counts over all workers. Warmup events happen in ssd_warmup or in the tests' fixtures
+        (setup phase); cold events are the ones after warmup (call phase)."""
         warmups = [w for wr in self.workers for w in wr.warmups]
         cold = [c for wr in self.workers for c in wr.cold]
         verdicts = [v for wr in self.workers for v in wr.verdicts]
+        setup = [c for c in cold if c.phase == "setup"]
+        call = [c for c in cold if c.phase == "call"]
         return {
             "workers": len(self.workers),
             "warmups": len(warmups),
             "warmup_seconds": round(sum(w.seconds for w in warmups), 3),
             "warmup_binaries": sum(w.compiles for w in warmups),
-            "cold_tests_failed": sum(1 for c in cold if c.outcome == "failed"),
-            "cold_events_call": sum(len(c.lines) for c in cold if c.phase == "call"),
-            "cold_events_setup": sum(len(c.lines) for c in cold if c.phase == "setup"),
+            "warmup_autotunes": sum(w.autotunes for w in warmups),
+            "fixture_tests": len({c.nodeid for c in setup}),
+            "fixture_seconds": round(sum(c.seconds for c in setup), 3),
+            "cold_events_setup": sum(len(c.lines) for c in setup),
+            "cold_events_call": sum(len(c.lines) for c in call),
+            "cold_seconds_call": round(sum(c.seconds for c in call), 3),
+            "cold_tests_failed": sum(1 for c in call if c.outcome == "failed"),
+            "cold_tests_allowed": sum(1 for c in call if c.outcome == "allowed"),
+            "cold_tests_reported": sum(1 for c in call if c.outcome == "reported"),
             "verdicts": len(verdicts),
             "verdicts_cold": sum(1 for v in verdicts if v.cold),
             "autotune_candidates": sum(v.candidate_binaries for v in verdicts),
@@ -134,6 +170,7 @@ class SessionReport:
 
     def to_dict(self) -> dict:
         return {
+            "format": REPORT_FORMAT,
             "seed": self.seed,
             "settings": self.settings,
             "environment": self.environment,
@@ -146,70 +183,131 @@ class SessionReport:
             json.dump(self.to_dict(), fh, indent=2, sort_keys=False, default=str)
 
     def summary_lines(self) -> list:
-        """The terminal summary: warmups per worker, cold events by test, unused binaries."""
-        lines = []
-        for wr in sorted(self.workers, key=lambda w: w.worker):
-            where = f"{wr.worker}" + (f" (GPU {wr.gpu})" if wr.gpu is not None else "")
-            for w in wr.warmups:
-                persisted = ""
-                if w.persisted_caches:
-                    cold = f"{w.cold_seconds:.2f}s" if w.cold_seconds is not None else "not on record"
-                    persisted = f" [persisted caches; cold warmup {cold}]"
-                lines.append(
-                    f"warmup {where}: {w.layer}: {w.seconds:.2f}s, {w.compiles} binaries "
-                    f"({w.compiled_fresh} compiled, {w.compiles - w.compiled_fresh} from disk), "
-                    f"{w.autotunes} autotune keys ({w.autotunes_persisted} persisted){persisted}"
-                )
-            for c in wr.cold:
-                tag = {"failed": "COLD (failed)", "allowed": f"cold (allowed: {c.allow_reason})",
-                       "reported": "compiled in fixture (reported)" if c.phase == "setup"
-                       else "compiled in test (reported)"}[c.outcome]
-                lines.append(f"{tag} {c.nodeid} [{c.phase}, {where}] {c.seconds:.2f}s:")
-                lines.extend("    " + line for line in c.lines)
-            for r in wr.latency:
-                lines.append(
-                    f"latency {where} {r.nodeid} {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
-                    f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
-                )
+        """The terminal summary, at most :data:`WIDTH` columns: a table of warmups (one row per
+        layer config and worker), fixture warmups, cold events by test, latency, unused binaries,
+        totals. Full binary and layer identities are in the JSON report."""
+        workers = sorted(self.workers, key=lambda w: w.worker)
+        lines = self._warmup_table(workers)
+        for title, phase in (("warmed in fixtures (setup phase: the tests' own warmup, never failed)", "setup"),
+                             ("cold after warmup (call phase)", "call")):
+            records = [(wr, c) for wr in workers for c in wr.cold if c.phase == phase]
+            if records:
+                lines.append(title)
+            for wr, c in records:
+                lines.append(f"  {self._cold_tag(c)} [{self._where(wr)}] {c.seconds:.2f}s: {c.nodeid}")
+                lines.extend(part for line in c.lines for part in wrapped(line))
+        latency = [(wr, r) for wr in workers for r in wr.latency]
+        if latency:
+            lines.append("latency (first call vs steady state)")
+        for wr, r in latency:
+            lines.append(f"  {self._where(wr)} {r.nodeid}")
+            lines.append(f"      {r.name}: first {r.first_ms:.3f} ms, steady {r.steady_median_ms:.3f} ms "
+                         f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]")
+        for wr in workers:
             if wr.interpreter:
                 probe, reason = wr.interpreter["bf16_dot"], wr.interpreter["bf16_skip_reason"]
-                lines.append(f"interpreter {where}: " + (
+                lines.append(f"interpreter {self._where(wr)}: " + (
                     f"{wr.interpreter['bf16_cases_skipped']} bf16 correctness case(s) skipped: {reason}" if reason
                     else f"Triton {probe['triton']}'s interpreter computes bf16 tl.dot exactly (probe): bf16 cases judged"))
         lines.extend(self.verdict_lines())
+        lines.extend(self._total_lines())
+        return [fit(line) for line in lines]
+
+    @staticmethod
+    def _where(wr) -> str:
+        return wr.worker + (f" GPU {wr.gpu}" if wr.gpu is not None else "")
+
+    @staticmethod
+    def _cold_tag(c) -> str:
+        if c.phase == "setup":
+            return "warmup"
+        if c.outcome == "failed":
+            return "FAILED" + (f" ({c.enforced_by})" if c.enforced_by else "")
+        if c.outcome == "allowed":
+            return f"allowed ({c.allow_reason})"
+        return "reported (not enforced)"
+
+    def _warmup_table(self, workers: list) -> list:
+        rows, idle = [], []  # idle: warmups with nothing to show (on CPU, those under Triton's interpreter)
+        for wr in workers:
+            cold = {}
+            for c in wr.cold:
+                if c.phase == "call" and c.layer is not None:
+                    cold[c.layer] = cold.get(c.layer, 0) + len(c.lines)
+            for w in wr.warmups:
+                if not (w.compiles or w.autotunes or cold.get(w.layer) or w.persisted_caches):
+                    idle.append(w)
+                    continue
+                persisted = "" if not w.persisted_caches else (
+                    f"{w.cold_seconds:.2f}s" if w.cold_seconds is not None else "not on record")
+                rows.append((w.name or w.layer, self._where(wr), f"{w.seconds:.2f}s", str(w.compiles),
+                             str(w.compiles - w.compiled_fresh), str(w.autotunes), str(cold.get(w.layer, 0)),
+                             persisted))
+        idle_line = ([f"  and {_plural(len(idle), 'warmup')} that compiled and tuned nothing and met nothing cold "
+                      f"({sum(w.seconds for w in idle):.2f}s; e.g. under Triton's interpreter)"] if idle else [])
+        if not rows:
+            return ["warmups", *idle_line] if idle else []
+        header = ("layer config (ssd_warmup)", "worker", "time", "binaries", "disk", "tunes", "cold", "uncached")
+        if not any(r[-1] for r in rows):  # the last column only with --ssd-persist-autotune
+            header, rows = header[:-1], [r[:-1] for r in rows]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        widths[0] = min(widths[0], WIDTH - sum(widths[1:]) - 2 * len(widths))
+
+        def row(cells) -> str:
+            first = cells[0] if len(cells[0]) <= widths[0] else cells[0][:widths[0] - 3] + "..."
+            return "  " + "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))])
+
+        notes = ["  binaries: new in this process (a dtype-independent one an earlier warmup compiled is not "
+                 "counted again),",
+                 "  disk: of them loaded from Triton's disk cache; tunes: autotune keys; cold: events after this "
+                 "warmup"]
+        if len(header) == 8:
+            notes.append("  uncached: this warmup's time with empty caches, on record in --ssd-persist-autotune's dir")
+        return ["warmups", row(header), *(row(r) for r in rows), *idle_line, *notes]
+
+    def _total_lines(self) -> list:
         t = self.totals()
-        lines.append(
-            f"total: {t['workers']} worker(s), {t['warmups']} warmup(s) {t['warmup_seconds']:.2f}s "
-            f"{t['warmup_binaries']} binaries; cold: {t['cold_tests_failed']} test(s) failed, "
-            f"{t['cold_events_call']} call-phase and {t['cold_events_setup']} fixture event(s); "
-            + f"verdicts: {t['verdicts']} ({t['verdicts_cold']} cold), {t['autotune_candidates']} autotune "
-            "candidate binaries, "
-            + ("unused warm binaries not measured" if t["unused_binaries"] is None
-               else f"{t['unused_binaries']} unused warm binaries")
-        )
-        return lines
+        in_warmups = t["warmup_binaries"] + t["warmup_autotunes"]
+        unused = ("not measured" if t["unused_binaries"] is None else str(t["unused_binaries"]))
+        return [
+            f"warmup total: {_plural(in_warmups + t['cold_events_setup'], 'compile/autotune event')} = "
+            f"{in_warmups} in {_plural(t['warmups'], 'ssd_warmup run')} ({t['warmup_seconds']:.2f}s) + "
+            f"{t['cold_events_setup']} in fixtures of {_plural(t['fixture_tests'], 'test')} "
+            f"({t['fixture_seconds']:.2f}s)",
+            f"after warmup: {_plural(t['cold_events_call'], 'event')} ({t['cold_seconds_call']:.2f}s): "
+            f"{t['cold_tests_failed']} test(s) failed, {t['cold_tests_allowed']} allowed, "
+            f"{t['cold_tests_reported']} reported",
+            f"warmth verdicts (fresh processes): {t['verdicts']}, {t['verdicts_cold']} cold; "
+            f"{t['autotune_candidates']} autotune candidate binaries; unused warm binaries: {unused}",
+        ]
 
     def verdict_lines(self) -> list:
-        """One line per warmth verdict; then unused warm binaries and the warmup calls to add."""
-        lines = []
+        """The warmth verdicts: one row per layer config, then their unused warm binaries and the
+        warmup calls to add (cold events themselves are listed with their tests)."""
         verdicts = [v for wr in self.workers for v in wr.verdicts]
+        if not verdicts:
+            return []
+        lines = ["warmth verdicts (a fresh process each; candidates: compiled to benchmark autotune configs)"]
         for v in verdicts:
             lost = "winners unknown" if v.candidates_lost is None else f"{v.candidates_lost} lost"
-            unused = "unused ?" if v.unused is None else f"{len(v.unused)} unused"
-            lines.append(f"verdict {v.layer} [{v.where}]: {'COLD ' + str(len(v.cold)) if v.cold else 'warm'} "
-                         f"after {v.calls} calls; warmup {v.warmup_seconds:.1f}s, {v.warmup_binaries} binaries "
-                         f"({v.candidate_binaries} autotune candidates, {lost}), {unused}")
-            lines.extend(f"    unused: {u}" for u in (v.unused or []))
+            unused = "?" if v.unused is None else str(len(v.unused))
+            lines.append(f"  {v.layer} [{v.where}]: {'COLD ' + str(len(v.cold)) if v.cold else 'warm'} after "
+                         f"{v.calls} calls; warmup {v.warmup_seconds:.1f}s, {v.warmup_binaries} binaries "
+                         f"({v.candidate_binaries} candidates, {lost}); unused {unused}")
+            lines.extend(part for u in (v.unused or []) for part in wrapped("unused: " + u))
         fixes = list(dict.fromkeys(f"{fix} [{v.layer}]" for v in verdicts for fix in v.fixes))
         if fixes:
             lines.append("warmup calls to add, per layer config:")
-            lines.extend(f"  {i}. {fix}" for i, fix in enumerate(fixes, 1))
+            lines.extend(part for i, fix in enumerate(fixes, 1) for part in wrapped(f"{i}. {fix}", indent=2))
         return lines
 
 
 def environment() -> dict:
     """Versions and devices, read where they are (torch/triton imported lazily)."""
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    from . import __version__
+
+    env: dict[str, Any] = {"pytest_ssd": __version__, "python": platform.python_version(),
+                           "platform": platform.platform()}
     try:
         import torch
 

@@ -36,6 +36,30 @@ def layer_description(layer: Any) -> str:
     return "Mixer2Layer(" + ", ".join(parts) + ")"
 
 
+_SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def layer_short_name(layer: Any) -> str:
+    """A layer config in a few words for the terminal, e.g. ``bf16/fp32 h80x64 n128 g1 c256 z``.
+
+    Model/state dtype, heads x head_dim, dstate, groups, chunk size, then what differs from a
+    plain Mixer2 layer (``tp2``, ``z``, ``D/hdim``, ``no-softplus``, ``dt_limit=lo..hi``).
+    The full identity is :func:`layer_description`.
+    """
+    def dtype(value: Any) -> str:
+        name = str(value).replace("torch.", "")
+        return _SHORT_DTYPES.get(name, name)
+
+    words = [f"{dtype(layer.dtype)}/{dtype(layer.state_dtype)}", f"h{layer.nheads}x{layer.head_dim}",
+             f"n{layer.ssm_state_size}", f"g{layer.n_groups}", f"c{layer.chunk_size}"]
+    low, high = layer.dt_limit
+    flags = ((layer.tp_size > 1, f"tp{layer.tp_size}"), (layer.gated, "z"), (layer.d_has_hdim, "D/hdim"),
+             (not layer.dt_softplus, "no-softplus"),
+             ((low, high) != (0.0, float("inf")), f"dt_limit={low:g}..{high:g}"))
+    words += [word for on, word in flags if on]
+    return " ".join(words)
+
+
 @contextlib.contextmanager
 def file_lock(path: str):
     """An exclusive advisory lock, so xdist workers sharing a Triton cache dir take turns warming."""
@@ -95,6 +119,9 @@ class SSDSession:
         self._warmup_fn: Optional[Callable] = None
         self._mode: Optional[Mode] = None
         self._interpreter_settled = False
+        # Layer configs ssd_warmup was called for in the current test (the plugin clears it at
+        # each setup): the last one is the layer a cold event of the test is filed under.
+        self.layers_warmed_in_test: list = []
         self.cleanup = contextlib.ExitStack()  # closed at pytest_unconfigure
 
     # ---- mode -----------------------------------------------------------------------------
@@ -219,6 +246,7 @@ class SSDSession:
         # Compile-only binaries live under a device of their own: warm each mode (and target) separately.
         target = active_target()
         key = layer_description(layer) + (f" [compile-only {target}]" if target else "")
+        self.layers_warmed_in_test.append(key)
         if key in self._warmups:
             return self._warmups[key]
         persist = self.settings.persist_autotune
@@ -233,7 +261,8 @@ class SSDSession:
         self._warmups[key] = rec
         self._warm_events.extend(rec.events)
         self.report.warmups.append(WarmupRecord(
-            layer=key, seconds=round(seconds, 4), compiles=len(compiles), compiled_fresh=fresh,
+            layer=key, name=layer_short_name(layer) + (f" compile-only {target}" if target else ""),
+            seconds=round(seconds, 4), compiles=len(compiles), compiled_fresh=fresh,
             autotunes=len(autotunes), autotunes_persisted=sum(1 for e in autotunes if e.source == "persisted"),
             binaries=[e.describe() for e in compiles], persisted_caches=bool(persist), cold_seconds=cold_seconds,
         ))
@@ -264,7 +293,8 @@ class SSDSession:
 
             self.report.cold.append(ColdRecord(
                 nodeid=nodeid, phase="call", outcome="failed", lines=verdict.cold_lines(),
-                seconds=round(sum(c.miss.event.seconds or 0.0 for c in verdict.cold), 4)))
+                seconds=round(sum(c.miss.event.seconds or 0.0 for c in verdict.cold), 4),
+                enforced_by="the warmth verdict (a fresh process)", layer=self.report.verdicts[-1].layer))
         return verdict
 
     def unfiled(self, events: list) -> list:
@@ -278,19 +308,23 @@ class SSDSession:
 
     # ---- cold events and their explanations ---------------------------------------------------
     def file_cold(self, nodeid: str, phase: str, outcome: str, events: list,
-                  allow_reason: Optional[str] = None) -> list:
-        """Explain ``events`` (:meth:`explain`) and file them in the report as one cold record;
-        returns the explanation lines, for the failure message."""
+                  allow_reason: Optional[str] = None, enforced_by: Optional[str] = None) -> list:
+        """Explain ``events`` (:meth:`explain`) and file them in the report as one cold record,
+        under the layer config the test warmed last; returns the explanation lines, for the
+        failure message."""
         from .report import ColdRecord
 
         lines = self.explain(events)
         self._filed.extend(events)
-        if phase == "setup":  # fixtures are where tests warm: what they compile is warm from now on
-            self._warm_events.extend(events)
+        layer = self.layers_warmed_in_test[-1] if self.layers_warmed_in_test else None
         self.report.cold.append(ColdRecord(nodeid=nodeid, phase=phase, outcome=outcome, lines=lines,
                                            seconds=round(sum(e.seconds or 0.0 for e in events), 4),
-                                           allow_reason=allow_reason))
+                                           allow_reason=allow_reason, enforced_by=enforced_by, layer=layer))
         return lines
+
+    def warmed_by_fixture(self, events: list) -> None:
+        """Fixtures are where tests warm: what a setup phase compiled is warm from now on."""
+        self._warm_events.extend(events)
 
     def explain(self, events: list) -> list:
         """One line per event: the binary, why this process's warmups did not have it, and what a
@@ -330,12 +364,10 @@ def _gpu_target():
 def _verdict_record(nodeid: str, verdict):
     from .report import VerdictRecord
 
-    spec, layer = verdict.spec, verdict.spec.layer
-    short = (f"{layer.get('nheads')}x{layer.get('head_dim')} N={layer.get('ssm_state_size')} "
-             f"L={layer.get('chunk_size')} {layer.get('dtype', 'float32')}/{layer.get('state_dtype', 'float32')}")
+    spec = verdict.spec
     known = [group for group in verdict.candidates if group.winner is not None]
     return VerdictRecord(
-        nodeid=nodeid, layer=short, kernel=spec.kernel, warmup=spec.warmup,
+        nodeid=nodeid, layer=_spec_layer_name(spec.layer), kernel=spec.kernel, warmup=spec.warmup,
         where="cuda" if spec.device == "cuda" else f"compile-only {spec.target}",
         warmup_seconds=round(verdict.warmup_seconds, 3), warmup_binaries=len(verdict.warmup.binaries()),
         autotune_keys=len(verdict.warmup.autotune_keys()), calls=len(verdict.calls),
@@ -344,3 +376,15 @@ def _verdict_record(nodeid: str, verdict):
         candidates_lost=sum(len(g.lost) for g in known) if known or not verdict.candidates else None,
         unused=None if verdict.unused is None else [e.describe() for e in verdict.unused],
     )
+
+
+def _spec_layer_name(layer: dict) -> str:
+    """:func:`layer_short_name` of a verdict spec's layer (``make_mixer2_layer`` keywords, dtypes by name)."""
+    import inspect
+    from types import SimpleNamespace
+
+    from .layer import make_mixer2_layer
+
+    defaults = {name: p.default for name, p in inspect.signature(make_mixer2_layer).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return layer_short_name(SimpleNamespace(**{**defaults, **layer}))

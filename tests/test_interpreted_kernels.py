@@ -60,7 +60,7 @@ def warmup(layer):
 '''
 
 SUITE = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprovider", "--ssd-device", "cpu",
-         "--ssd-kernel", "toy:ssd", "-rs")
+         "--ssd-kernel", "toy:ssd", "--ssd-warmup", "toy:warmup", "-rs")
 CASES = ("-k", "correctness and (varlen_mix or single_token)")
 BF16_SKIP = "*Triton *'s interpreter computes bf16 tl.dot wrongly*; run bf16 on a GPU"
 
@@ -133,7 +133,8 @@ def test_triton_interpret_is_set_for_the_session_and_taken_back(toy):
         def test_env():
             assert os.environ["TRITON_INTERPRET"] == "1"
     """)
-    result = toy.runpytest("-p", "pytest_ssd", "--ssd-device", "cpu", "--ssd-kernel", "toy:ssd", "test_env.py")
+    result = toy.runpytest("-p", "pytest_ssd", "--ssd-device", "cpu", "--ssd-kernel", "toy:ssd", "--ssd-warmup",
+                           "toy:warmup", "test_env.py")
     result.assert_outcomes(passed=1)
     assert "TRITON_INTERPRET" not in os.environ
 
@@ -207,7 +208,7 @@ def test_cpu_device_guards_make_a_cpu_tensors_device_guard_a_no_op():
 def test_on_a_gpu_the_same_kernels_are_judged_in_every_dtype(toy):
     # Compiled, not interpreted: nothing is skipped, and the wrong kernel fails bf16 too.
     gpu = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprovider", "--ssd-device", "cuda",
-           "-k", "correctness and varlen_mix", "--ssd-kernel-api", "vllm")
+           "-k", "correctness and varlen_mix", "--ssd-kernel-api", "vllm", "--ssd-warmup", "toy:warmup")
     right = toy.runpytest_subprocess(*gpu, "--ssd-kernel", "toy:ssd")
     right.assert_outcomes(passed=3)
     wrong = toy.runpytest_subprocess(*gpu, "--ssd-kernel", "toy:wrong_sign")

@@ -93,7 +93,8 @@ def test_latency_lands_in_json_report(pytester):
     report = pytester.path / "r.json"
     result = pytester.runpytest("--ssd-device", "cpu", f"--ssd-report={report}")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*latency main *::test_lat sleepy: first * ms, steady * ms*wall-clock*"])
+    result.stdout.fnmatch_lines(["latency (first call vs steady state)", "  main *::test_lat",
+                                 "      sleepy: first * ms, steady * ms*wall-clock*"])
     data = json.loads(report.read_text())
     (lat,) = [r for w in data["workers"] for r in w["latency"]]
     assert lat["name"] == "sleepy" and lat["ratio"] > 2 and lat["timer"] == "wall-clock"

@@ -5,6 +5,8 @@ CPU only here: numerics through Triton's interpreter, warmup coverage in compile
 """
 import json
 
+import pytest
+
 BROKEN = """
 import torch
 from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen as ours
@@ -23,6 +25,18 @@ def skips_initial_states(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlen
                          out, **kw):
     kw["initial_states"] = None
     return ours(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_indices, seq_idx, out, **kw)
+
+
+def warm_wrong_sign(layer):
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    warmup_ssd_kernels(layer, kernel=wrong_sign)
+
+
+def warm_skips_initial_states(layer):
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    warmup_ssd_kernels(layer, kernel=skips_initial_states)
 
 
 def warmup_too_much(layer):
@@ -56,7 +70,7 @@ def test_suite_passes_on_our_kernel(pytester):
     report = pytester.path / "suite.json"
     result = pytester.runpytest(*SUITE, "--ssd-seed", "3", f"--ssd-report={report}", "-rs")
     result.assert_outcomes(passed=14, skipped=1)  # 13 correctness cases + coverage; latency is GPU-only
-    result.stdout.fnmatch_lines(["*verdict 80x64 * warm after 28 calls*", "*latency is judged on a GPU only*"])
+    result.stdout.fnmatch_lines(["*h80x64*warm after 28 calls*", "*latency is judged on a GPU only*"])
     data = json.loads(report.read_text())
     (verdict,) = [v for wr in data["workers"] for v in wr["verdicts"]]
     assert verdict["where"] == "compile-only cuda:90" and verdict["warmup_binaries"] == 6, verdict
@@ -83,7 +97,8 @@ def test_the_default_limit_case_without_softplus_has_negative_dt():
 def test_suite_fails_on_a_wrong_sign(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
-    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:wrong_sign", "-k", "varlen_mix or D_per_channel")
+    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:wrong_sign", "--ssd-warmup", "broken:warm_wrong_sign",
+                                "-k", "varlen_mix or D_per_channel")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*SSD kernel disagrees with the reference (float32):*", "*out: * elements outside*"])
 
@@ -91,7 +106,8 @@ def test_suite_fails_on_a_wrong_sign(pytester):
 def test_suite_fails_on_skipped_initial_states(pytester):
     pytester.makepyfile(broken=BROKEN)
     pytester.syspathinsert()
-    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:skips_initial_states", "-k",
+    result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:skips_initial_states",
+                                "--ssd-warmup", "broken:warm_skips_initial_states", "-k",
                                 "initial_states or everything or varlen_mix")
     # Only the cases with initial states catch it; varlen_mix has none and passes.
     result.assert_outcomes(failed=2, passed=1)
@@ -146,7 +162,7 @@ def test_each_dtype_is_judged_alone(pytester):
                                            "-k", "coverage", f"--ssd-report={report}")
     result.assert_outcomes(failed=2)
     verdicts = json.loads(report.read_text())["workers"][0]["verdicts"]
-    assert [v["layer"].split()[-1] for v in verdicts] == ["float32/float32", "float16/float32"]
+    assert [v["layer"].split()[0] for v in verdicts] == ["fp32/fp32", "fp16/fp32"]
     for v in verdicts:
         kernels = sorted(line.split("[")[0] for line in v["cold"])
         assert kernels == ["_chunk_scan_kernel", "_state_passing_kernel"], v["cold"]
@@ -170,8 +186,8 @@ def test_unused_warm_binaries_are_reported(pytester):
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_too_much", "-k", "coverage",
                                            f"--ssd-report={report}")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*warm after 28 calls*0 autotune candidates*2 unused",
-                                 "*unused: _chunk_scan_kernel*HAS_Z=True*"])
+    summary = pytest.LineMatcher(result.stdout.str().replace("\n        ", " ").splitlines())  # lines unwrapped
+    summary.fnmatch_lines(["*warm after 28 calls*0 candidates*unused 2", "*unused: _chunk_scan_kernel*HAS_Z=True*"])
     data = json.loads(report.read_text())
     assert data["totals"]["unused_binaries"] == 2
     assert all("HAS_Z=True" in line for line in data["workers"][0]["verdicts"][0]["unused"])

@@ -11,6 +11,7 @@ import pytest
 # mamba-ssm's released package __init__ imports a CUDA extension that a Triton-only install
 # lacks: its ops import from the copy in .peers/ops (benchmarks/peers/copy_ops.py), here and in
 # the verdicts' fresh processes.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # peer_warmups, for the test modules
 OPS = os.path.join(os.path.dirname(__file__), "..", "..", ".peers", "ops")
 if os.path.isdir(OPS):
     sys.path.insert(0, os.path.abspath(OPS))
