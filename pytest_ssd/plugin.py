@@ -18,6 +18,7 @@ from .session import SSDSession
 
 SESSION_KEY = pytest.StashKey[SSDSession]()
 CONTROLLER_KEY = pytest.StashKey[list]()  # WorkerReports received from xdist workers
+CHECKS_KEY = pytest.StashKey[object]()  # manifest.SessionChecks of the controller, for the summary
 
 MARKERS = (
     "ssd_allow_cold(reason): this test may compile Triton kernels or autotune in its call phase "
@@ -241,23 +242,38 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _worker_id(config) is not None:
         config.workeroutput["ssd_report"] = ssd_session(config).report.to_dict()
         return
-    path = ssd_session(config).settings.report
-    if path:
-        _session_report(config).write_json(path)
+    settings = ssd_session(config).settings
+    report = _session_report(config)
+    if settings.report:
+        report.write_json(settings.report)
+    from .manifest import session_checks
+
+    checks = session_checks(report, settings)  # the warmup manifest and budget: they can fail the session
+    if checks is not None:
+        config.stash[CHECKS_KEY] = checks
+        if checks.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     if SESSION_KEY not in config.stash or _worker_id(config) is not None:
         return
     session = ssd_session(config)
-    if not any(w.recorded_anything for w in [session.report, *config.stash[CONTROLLER_KEY]]):
+    checks = config.stash.get(CHECKS_KEY, None)
+    recorded = any(w.recorded_anything for w in [session.report, *config.stash[CONTROLLER_KEY]])
+    if not recorded and checks is None:
         return
-    report = _session_report(config)
     terminalreporter.section("pytest-ssd")
-    for line in report.summary_lines():
-        terminalreporter.write_line(line)
+    if recorded:
+        for line in _session_report(config).summary_lines():
+            terminalreporter.write_line(line)
     if session.settings.report:
         terminalreporter.write_line(f"JSON report: {session.settings.report}")
+    for line in (checks.lines if checks is not None else ()):
+        terminalreporter.write_line(line, red=checks.failed)
+    if checks is not None and checks.failed:
+        terminalreporter.write_line("pytest-ssd: the session fails on the warmup manifest or budget above "
+                                    f"(exit {int(pytest.ExitCode.TESTS_FAILED)})", red=True, bold=True)
 
 
 class XdistHooks:

@@ -69,6 +69,9 @@ class VerdictRecord:
     candidate_binaries: int = 0
     candidates_lost: Optional[int] = None  # None: winners unknown (compile-only)
     unused: Optional[list] = None  # warm binaries no request needed; None: not measurable here
+    warmup_compile_seconds: float = 0.0  # compiling the warmup's binaries (compile-only: a CPU's seconds)
+    autotune_configs: int = 0  # autotune configs the warmup benchmarked
+    warmup_manifest: Optional[dict] = None  # pytest_ssd.manifest.layer_entry of the warmup
 
 
 @dataclass
@@ -166,6 +169,7 @@ class SessionReport:
                     f"(p20-p80 spread {r.steady_iqr_ms:.3f}), ratio {r.ratio:.2f} [{r.timer}]"
                 )
         lines.extend(self.verdict_lines())
+        lines.extend(self.bill_lines())
         t = self.totals()
         lines.append(
             f"total: {t['workers']} worker(s), {t['warmups']} warmup(s) {t['warmup_seconds']:.2f}s "
@@ -193,6 +197,32 @@ class SessionReport:
         if fixes:
             lines.append("warmup calls to add, per layer config:")
             lines.extend(f"  {i}. {fix}" for i, fix in enumerate(fixes, 1))
+        return lines
+
+    def bill_lines(self) -> list:
+        """The warmup's bill per layer config (one fresh process each): binaries compiled,
+        autotune configs benchmarked, compile seconds; then the total over every xdist worker."""
+        verdicts = sorted(((v, wr.worker) for wr in self.workers for v in wr.verdicts),
+                          key=lambda pair: (pair[0].layer, pair[0].nodeid))
+        if not verdicts:
+            return []
+
+        def seconds(where: str, value: float) -> str:
+            return f"{value:.2f}s compiling (GPU)" if where == "cuda" else f"{value:.2f}s compile-only (CPU)"
+
+        lines = ["warmup bill, per layer config:"]
+        for v, worker in verdicts:
+            lines.append(f"  {v.layer} [{v.where}, {worker}]: {v.warmup_binaries} binaries, {v.autotune_configs} "
+                         f"autotune candidates benchmarked, {seconds(v.where, v.warmup_compile_seconds)}")
+        gpu = [v for v, _ in verdicts if v.where == "cuda"]
+        cpu = [v for v, _ in verdicts if v.where != "cuda"]
+        parts = [seconds(where, sum(v.warmup_compile_seconds for v in group))
+                 for where, group in (("cuda", gpu), ("cpu", cpu)) if group]
+        workers = len({worker for _, worker in verdicts})
+        lines.append(f"  total: {len(verdicts)} warmup(s) on {workers} worker(s): "
+                     f"{sum(v.warmup_binaries for v, _ in verdicts)} binaries, "
+                     f"{sum(v.autotune_configs for v, _ in verdicts)} autotune candidates benchmarked, "
+                     + ", ".join(parts))
         return lines
 
 

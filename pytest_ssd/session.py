@@ -275,6 +275,7 @@ def _gpu_target():
 
 
 def _verdict_record(nodeid: str, verdict):
+    from .manifest import layer_entry
     from .report import VerdictRecord
 
     spec, layer = verdict.spec, verdict.spec.layer
@@ -290,4 +291,7 @@ def _verdict_record(nodeid: str, verdict):
         candidate_binaries=sum(len(g.binaries) for g in verdict.candidates),
         candidates_lost=sum(len(g.lost) for g in known) if known or not verdict.candidates else None,
         unused=None if verdict.unused is None else [e.describe() for e in verdict.unused],
+        warmup_compile_seconds=round(sum(e.seconds or 0.0 for e in verdict.warmup.compiles), 3),
+        autotune_configs=sum(e.configs_benchmarked for e in verdict.warmup.autotunes),
+        warmup_manifest=layer_entry(verdict, short),
     )
