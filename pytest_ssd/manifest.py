@@ -82,12 +82,14 @@ def _counts(binaries: list, autotune: list) -> dict:
 
 
 def _key(entry: dict) -> str:
-    return _canon([entry["kernel"], entry["warmup"], entry["config"]])
+    # The layer config alone: a session judges one kernel and warmup, and a change of either
+    # is a difference of the entry ("~ warmup: ..."), next to the binaries it changed.
+    return _canon(entry["config"])
 
 
 def build(entries: Iterable[dict]) -> dict:
     """A manifest from :func:`layer_entry` s (of every xdist worker). Entries of one layer
-    config, kernel and warmup (several tests judging it) merge: their binaries and keys united."""
+    config (several tests judging it) merge: their binaries and keys united."""
     merged: dict[str, dict] = {}
     versions = set()
     for entry in entries:
@@ -210,7 +212,7 @@ def _entry_lines(old: dict, new: dict) -> list:
 
 
 def _title(entry: dict) -> str:
-    return f"layer {entry['layer']} ({entry['warmup']})"
+    return f"layer {entry['layer']}"
 
 
 def diff(committed: dict, session: dict) -> list:
@@ -335,7 +337,8 @@ def _check(manifest: dict, path: str, update: bool, checks: SessionChecks) -> No
         return
     if update:
         write(accept(committed, manifest), path)
-        checks.lines += [f"warmup manifest updated: {path} accepts {len(changes)} change(s):",
+        layers = sum(not line.startswith(" ") for line in changes)
+        checks.lines += [f"warmup manifest updated: {path} accepts the changes of {layers} layer config(s):",
                          *("  " + line for line in changes)]
         return
     checks.failed = True
