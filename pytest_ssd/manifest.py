@@ -23,12 +23,15 @@ _UNCOMPARED = ("measured",)  # per entry: what varies run to run (seconds) and w
 # ---- building ----------------------------------------------------------------------------
 
 def _arg(event, name: str) -> str:
-    """An argument's type and specialization class in one word pair, e.g. ``*bf16 aligned``, ``i32 %16``."""
+    """An argument's type and specialization class in the words of failure messages
+    (``CompileEvent.describe``): ``*bf16 aligned``, ``i32 %16=True``, ``i32 ==1``, ``none``."""
+    from .events import _SPEC_WORDS
+
     kind = event.signature[name]
     spec = event.specializations.get(name)
     if kind == "none" or spec in (None, "None"):
         return kind
-    return f"{kind} {spec}"
+    return f"{kind} {_SPEC_WORDS.get(spec, spec)}"
 
 
 def binary_record(event) -> dict:

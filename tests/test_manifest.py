@@ -262,3 +262,18 @@ def test_a_gpu_warmup_compiles_the_binaries_compile_only_predicts():
     assert mf.diff(manifests["cpu"], manifests["cuda"]) == []
     (gpu,) = manifests["cuda"]["layers"]
     assert gpu["measured"]["where"] == "cuda" and gpu["counts"]["binaries"] == 6
+
+
+def test_the_committed_manifest_covers_the_suites_layers():
+    # CI checks it against a real run (.ci/run); here: it is one, for every dtype the suite judges.
+    from pathlib import Path
+
+    import pytest_ssd.suite
+    from pytest_ssd.suite.cases import COVERAGE_LAYER
+
+    data = mf.load(Path(pytest_ssd.suite.__file__).with_name("manifest_cuda90.json"))
+    configs = [e["config"] for e in data["layers"]]
+    assert configs == [dict(sorted({**COVERAGE_LAYER, "dtype": d, "state_dtype": "float32"}.items()))
+                       for d in ("bfloat16", "float16", "float32")]
+    assert all(b["target"] == "cuda:90" for e in data["layers"] for b in e["binaries"])
+    assert [e["counts"]["binaries"] for e in data["layers"]] == [6, 6, 6]
