@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 FORMAT = 1
-_UNCOMPARED = ("measured",)  # per entry: what varies run to run (seconds) and where it was taken
+_UNCOMPARED = ("measured",)
+_ENTRY_FIELDS = ("layer", "config", "kernel", "warmup", "binaries", "autotune")  # what a diff reads  # per entry: what varies run to run (seconds) and where it was taken
 
 
 # ---- building ----------------------------------------------------------------------------
@@ -151,6 +152,11 @@ def load(path: str) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("layers"), list):
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: expected a pytest-ssd warmup manifest of format {FORMAT}, got format {got!r}")
+    for i, entry in enumerate(data["layers"]):
+        missing = [k for k in _ENTRY_FIELDS if k not in (entry if isinstance(entry, dict) else {})]
+        if missing:
+            raise ValueError(f"{path}: layers[{i}] lacks {', '.join(missing)} (expected the fields of "
+                             f"docs/manifest.md)")
     return data
 
 
@@ -160,7 +166,8 @@ def _words(binary: dict) -> list:
     """What tells one binary of a kernel from another, as ``NAME=value`` words."""
     words = [f"{k}={v}" for k, v in binary["constexprs"].items()]
     words += [f"{k}:{v}" for k, v in binary["args"].items()]
-    words += [f"num_warps={binary['num_warps']}", f"num_stages={binary['num_stages']}", f"target={binary['target']}"]
+    words += [f"num_warps={binary['num_warps']}", f"num_stages={binary['num_stages']}", f"target={binary['target']}",
+              f"module={binary['module']}"]
     return words + (["autotune candidate"] if binary["candidate"] else [])
 
 
@@ -186,10 +193,10 @@ def _binary_groups(sign: str, changed: list, others: list) -> list:
     return lines
 
 
-def _autotune_line(sign: str, a: dict) -> str:
+def _autotune_line(sign: str, a: dict, configs: Optional[str] = None) -> str:
     key = "; ".join(part for part in (", ".join(f"{k}={v}" for k, v in a["key_values"].items()),
                                       ", ".join(f"{k}:{v}" for k, v in a["key_dtypes"].items())) if part)
-    return f"{sign} autotune key of `{a['kernel']}` ({key}), {a['configs']} configs"
+    return f"{sign} autotune key of `{a['kernel']}` ({key})" + (configs or f", {a['configs']} configs")
 
 
 def _entry_lines(old: dict, new: dict) -> list:
@@ -206,8 +213,7 @@ def _entry_lines(old: dict, new: dict) -> list:
     new_a = {tune_key(a): a for a in new["autotune"]}
     lines += [_autotune_line("+", a) for k, a in new_a.items() if k not in old_a]
     lines += [_autotune_line("-", a) for k, a in old_a.items() if k not in new_a]
-    lines += [_autotune_line("~", a).replace(f", {a['configs']} configs",
-                                             f": {old_a[k]['configs']} -> {a['configs']} configs")
+    lines += [_autotune_line("~", a, f": {old_a[k]['configs']} -> {a['configs']} configs")
               for k, a in new_a.items() if k in old_a and old_a[k]["configs"] != a["configs"]]
     rest = {k for k in set(old) | set(new) if k not in ("binaries", "autotune", "counts", *_UNCOMPARED)}
     lines += [f"~ {k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(rest) if old.get(k) != new.get(k)]
@@ -230,16 +236,15 @@ def diff(committed: dict, session: dict) -> list:
     for key in sorted(old.keys() | new.keys()):
         if key not in old:
             e = new[key]
-            lines.append(f"+ {_title(e)}: {e['counts']['binaries']} binaries, {e['counts']['autotune_keys']} "
+            lines.append(f"+ {_title(e)}: {len(e['binaries'])} binaries, {len(e['autotune'])} "
                          f"autotune keys (not in the committed manifest)")
         elif key not in new:
             e = old[key]
-            lines.append(f"- {_title(e)}: {e['counts']['binaries']} binaries (not judged in this session)")
+            lines.append(f"- {_title(e)}: {len(e['binaries'])} binaries (not judged in this session)")
         else:
             changes = _entry_lines(old[key], new[key])
             if changes:
-                counts = (old[key]["counts"]["binaries"], new[key]["counts"]["binaries"])
-                lines.append(f"{_title(new[key])}: {counts[0]} -> {counts[1]} binaries")
+                lines.append(f"{_title(new[key])}: {len(old[key]['binaries'])} -> {len(new[key]['binaries'])} binaries")
                 lines.extend("  " + line for line in changes)
     return lines
 
@@ -293,6 +298,13 @@ class SessionChecks:
     failed: bool = False
 
 
+def asked_for(settings) -> bool:
+    """Whether any manifest or budget option is set (else the session's end does nothing here)."""
+    s = settings
+    return bool(s.manifest or s.manifest_check or s.max_warmup_binaries is not None
+                or s.max_warmup_seconds is not None)
+
+
 def session_checks(report, settings) -> Optional[SessionChecks]:
     """Write, check or update the manifest and apply the budget; None when no option asks for any.
 
@@ -301,7 +313,7 @@ def session_checks(report, settings) -> Optional[SessionChecks]:
     ``max_warmup_binaries``, ``max_warmup_seconds``).
     """
     s = settings
-    if not (s.manifest or s.manifest_check or s.max_warmup_binaries is not None or s.max_warmup_seconds is not None):
+    if not asked_for(s):
         return None
     checks = SessionChecks()
     manifest = from_report(report)

@@ -242,12 +242,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _worker_id(config) is not None:
         config.workeroutput["ssd_report"] = ssd_session(config).report.to_dict()
         return
+    from .manifest import asked_for, session_checks
+
     settings = ssd_session(config).settings
+    if not (settings.report or asked_for(settings)):
+        return  # the report reads torch's and Triton's versions: only when asked for
     report = _session_report(config)
     if settings.report:
         report.write_json(settings.report)
-    from .manifest import session_checks
-
     checks = session_checks(report, settings)  # the warmup manifest and budget: they can fail the session
     if checks is not None:
         config.stash[CHECKS_KEY] = checks

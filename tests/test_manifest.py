@@ -203,6 +203,9 @@ def test_a_manifest_of_another_format_is_refused(tmp_path):
     path.write_text(json.dumps({"format": 99, "layers": []}))
     with pytest.raises(ValueError, match="expected a pytest-ssd warmup manifest of format 1, got format 99"):
         mf.load(path)
+    path.write_text(json.dumps({"format": 1, "layers": [{"layer": "L", "config": {}}]}))
+    with pytest.raises(ValueError, match=r"layers\[0\] lacks kernel, warmup, binaries, autotune"):
+        mf.load(path)
 
 
 def record(where: str, binaries: int, seconds: float) -> VerdictRecord:
