@@ -114,6 +114,26 @@ def _ratio(value: str) -> float:
     return ratio
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise ValueError("accepted: a positive integer") from None
+    if n <= 0:
+        raise ValueError("accepted: a positive integer")
+    return n
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("accepted: a positive number of seconds") from None
+    if not 0.0 < seconds < float("inf"):
+        raise ValueError("accepted: a positive number of seconds")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Option:
     name: str  # attribute of Settings, and the ini key with "ssd_" prefix
@@ -171,6 +191,18 @@ OPTIONS = (
     Option("place_gpus", "--ssd-place-gpus", _choice(SWITCHES), "auto",
            "pin each xdist worker to one GPU through CUDA_VISIBLE_DEVICES: auto (only when running the "
            "conformance suite), on, off; picks from a CUDA_VISIBLE_DEVICES list you set"),
+    Option("manifest", "--ssd-manifest", _path, None,
+           "write the warmup manifest here: per layer config judged, the binaries and autotune keys its warmup "
+           "compiled (docs/manifest.md)"),
+    Option("manifest_check", "--ssd-manifest-check", _path, None,
+           "fail the session when the warmup manifest differs from this committed one, printing the diff"),
+    Option("manifest_update", "--ssd-manifest-update", _bool, False,
+           "with --ssd-manifest-check PATH: accept the session's warmup manifest, rewriting PATH", is_flag=True),
+    Option("max_warmup_binaries", "--ssd-max-warmup-binaries", _positive_int, None,
+           "fail the session when a layer config's warmup compiles more binaries than this"),
+    Option("max_warmup_seconds", "--ssd-max-warmup-seconds", _positive_seconds, None,
+           "fail the session when a layer config's warmup takes longer than this on a real GPU "
+           "(compile-only seconds do not count)"),
 )
 
 
@@ -192,6 +224,11 @@ class Settings:
     max_spike: float = 4.0
     isolate_cache: str = "auto"
     place_gpus: str = "auto"
+    manifest: Optional[str] = None
+    manifest_check: Optional[str] = None
+    manifest_update: bool = False
+    max_warmup_binaries: Optional[int] = None
+    max_warmup_seconds: Optional[float] = None
     sources: dict = field(default_factory=dict)  # option name -> "cli" | "env" | "ini" | "default"
 
     @property
@@ -211,12 +248,16 @@ class Settings:
         """Report-header lines for the effective settings (the device and mode come from the session)."""
         seed = (f"seed={self.seed} ({'given' if self.seed_was_given else 'random'}; "
                 f"reproduce with --ssd-seed={self.seed})")
-        return [
+        lines = [
             f"pytest-ssd: kernel={self.kernel} (api {self.kernel_api}), warmup={self.warmup}"
             + (f", workload={self.workload}" if self.workload else ""),
             "pytest-ssd: " + ", ".join([self.show("require_warm"), self.show("dtype"), seed]),
             "pytest-ssd: " + ", ".join(self.show(n) for n in ("report", "persist_autotune", "max_spike")),
         ]
+        bill = ("manifest", "manifest_check", "manifest_update", "max_warmup_binaries", "max_warmup_seconds")
+        if any(self.sources.get(n, "default") != "default" for n in bill):
+            lines.append("pytest-ssd: " + ", ".join(self.show(n) for n in bill))
+        return lines
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -259,24 +300,41 @@ def _where(opt: Option, source: str) -> str:
 
 
 def checked_paths(settings: Settings, *, probe_report: bool = True) -> Settings:
-    """``settings`` with ``report`` and ``persist_autotune`` checked and made absolute, at startup.
+    """``settings`` with ``report``, ``persist_autotune`` and the manifest paths checked and made
+    absolute, at startup.
 
     A report path must be a file in an existing directory that can be written (tried by opening
     it; a file that was not there is removed again), so a bad one is a usage error now and not
     an exception after every test has run. The persist dir is created if needed and must take a
     file; absolute, it stays put when a test changes directory (xdist workers lock a file in it).
     ``probe_report=False`` (xdist workers: only the controller writes the report) skips the
-    write test. Raises ``pytest.UsageError`` naming the option.
+    write test. The manifest is written like the report; a checked manifest must exist unless
+    ``--ssd-manifest-update`` creates it. Raises ``pytest.UsageError`` naming the option.
     """
     options = {opt.name: opt for opt in OPTIONS}
+
+    def where(name: str) -> str:
+        return _where(options[name], settings.sources.get(name))
+
     report, persist = settings.report, settings.persist_autotune
     if report:
-        report = _checked_report(os.path.abspath(report), _where(options["report"], settings.sources.get("report")),
-                                 probe_report)
+        report = _checked_report(os.path.abspath(report), where("report"), probe_report)
     if persist:
-        persist = _checked_persist_dir(os.path.abspath(persist),
-                                       _where(options["persist_autotune"], settings.sources.get("persist_autotune")))
-    return replace(settings, report=report, persist_autotune=persist)
+        persist = _checked_persist_dir(os.path.abspath(persist), where("persist_autotune"))
+    manifest, check = settings.manifest, settings.manifest_check
+    if manifest:
+        manifest = _checked_report(os.path.abspath(manifest), where("manifest"), probe_report)
+    if settings.manifest_update and not check:
+        raise pytest.UsageError(f"pytest-ssd: {where('manifest_update')} needs --ssd-manifest-check PATH: "
+                                f"the committed manifest to rewrite")
+    if check:
+        check = os.path.abspath(check)
+        if settings.manifest_update:
+            _checked_report(check, where("manifest_check"), probe=False)
+        elif not os.path.isfile(check):
+            raise pytest.UsageError(f"pytest-ssd: {where('manifest_check')} {check!r}: no such file; write it first "
+                                    f"with --ssd-manifest-check {settings.manifest_check} --ssd-manifest-update")
+    return replace(settings, report=report, persist_autotune=persist, manifest=manifest, manifest_check=check)
 
 
 def _checked_report(path: str, where: str, probe: bool) -> str:

@@ -36,6 +36,7 @@ NO_DRIVER_SECTION = "pytest-ssd: no GPU driver"
 NO_DRIVER_HINT = ("Triton found no GPU driver ('0 active drivers'), so kernels cannot launch on this machine. "
                   "To check warmth here, add --ssd-compile-only TARGET (e.g. cuda:90): kernels compile for that "
                   "GPU and nothing runs.")
+CHECKS_KEY = pytest.StashKey[object]()  # manifest.SessionChecks of the controller, for the summary
 
 MARKERS = (
     "ssd_allow_cold(reason): this test may compile Triton kernels or autotune in its call phase "
@@ -440,9 +441,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _worker_id(config) is not None:
         config.workeroutput["ssd_report"] = ssd_session(config).report.to_dict()
         return
-    path = ssd_session(config).settings.report
-    if path:
-        _session_report(config).write_json(path)
+    from .manifest import asked_for, session_checks
+
+    settings = ssd_session(config).settings
+    if not (settings.report or asked_for(settings)):
+        return  # the report reads torch's and Triton's versions: only when asked for
+    report = _session_report(config)
+    if settings.report:
+        report.write_json(settings.report)
+    checks = session_checks(report, settings)  # the warmup manifest and budget: they can fail the session
+    if checks is not None:
+        config.stash[CHECKS_KEY] = checks
+        if checks.failed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -452,7 +463,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     recorded = any(w.recorded_anything for w in [session.report, *config.stash[CONTROLLER_KEY]])
     failures = terminalreporter.stats.get("failed", []) + terminalreporter.stats.get("error", [])
     no_driver = sum(1 for r in failures if any(name == NO_DRIVER_SECTION for name, _ in getattr(r, "sections", ())))
-    if not recorded and not no_driver:
+    checks = config.stash.get(CHECKS_KEY, None)
+    if not recorded and not no_driver and checks is None:
         return
     terminalreporter.section("pytest-ssd")
     if recorded:
@@ -463,6 +475,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                                     f"add --ssd-compile-only TARGET (e.g. cuda:90)")
     if session.settings.report:
         terminalreporter.write_line(f"JSON report (full layer and binary identities): {session.settings.report}")
+    for line in (checks.lines if checks is not None else ()):
+        terminalreporter.write_line(line, red=checks.failed)
+    if checks is not None and checks.failed:
+        terminalreporter.write_line("pytest-ssd: the session fails on the warmup manifest or budget above "
+                                    f"(exit {int(pytest.ExitCode.TESTS_FAILED)})", red=True, bold=True)
 
 
 class XdistHooks:

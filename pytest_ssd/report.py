@@ -73,6 +73,9 @@ class VerdictRecord:
     candidate_binaries: int = 0
     candidates_lost: Optional[int] = None  # None: winners unknown (compile-only)
     unused: Optional[list] = None  # warm binaries no request needed; None: not measurable here
+    warmup_compile_seconds: float = 0.0  # compiling the warmup's binaries (compile-only: a CPU's seconds)
+    autotune_configs: int = 0  # autotune configs the warmup benchmarked
+    warmup_manifest: Optional[dict] = None  # pytest_ssd.manifest.layer_entry of the warmup
 
 
 @dataclass
@@ -210,6 +213,7 @@ class SessionReport:
                     f"{wr.interpreter['bf16_cases_skipped']} bf16 correctness case(s) skipped: {reason}" if reason
                     else f"Triton {probe['triton']}'s interpreter computes bf16 tl.dot exactly (probe): bf16 cases judged"))
         lines.extend(self.verdict_lines())
+        lines.extend(self.bill_lines())
         lines.extend(self._total_lines())
         return [fit(line) for line in lines]
 
@@ -299,6 +303,32 @@ class SessionReport:
         if fixes:
             lines.append("warmup calls to add, per layer config:")
             lines.extend(part for i, fix in enumerate(fixes, 1) for part in wrapped(f"{i}. {fix}", indent=2))
+        return lines
+
+    def bill_lines(self) -> list:
+        """The warmup's bill per layer config (one fresh process each): binaries compiled,
+        autotune configs benchmarked, compile seconds; then the total over every xdist worker."""
+        verdicts = sorted(((v, wr.worker) for wr in self.workers for v in wr.verdicts),
+                          key=lambda pair: (pair[0].layer, pair[0].nodeid))
+        if not verdicts:
+            return []
+
+        def seconds(where: str, value: float) -> str:
+            return f"{value:.2f}s compiling (GPU)" if where == "cuda" else f"{value:.2f}s compiling (compile-only)"
+
+        lines = ["warmup bill, per layer config:"]
+        for v, worker in verdicts:
+            lines.append(f"  {v.layer} [{worker}]: {v.warmup_binaries} binaries, {v.autotune_configs} autotune "
+                         f"configs benchmarked, {seconds(v.where, v.warmup_compile_seconds)}")
+        gpu = [v for v, _ in verdicts if v.where == "cuda"]
+        cpu = [v for v, _ in verdicts if v.where != "cuda"]
+        parts = [seconds(where, sum(v.warmup_compile_seconds for v in group))
+                 for where, group in (("cuda", gpu), ("cpu", cpu)) if group]
+        workers = len({worker for _, worker in verdicts})
+        lines.append(f"  total: {len(verdicts)} warmup(s) on {workers} worker(s): "
+                     f"{sum(v.warmup_binaries for v, _ in verdicts)} binaries, "
+                     f"{sum(v.autotune_configs for v, _ in verdicts)} autotune configs benchmarked, "
+                     + ", ".join(parts))
         return lines
 
 

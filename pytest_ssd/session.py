@@ -362,12 +362,14 @@ def _gpu_target():
 
 
 def _verdict_record(nodeid: str, verdict):
+    from .manifest import layer_entry
     from .report import VerdictRecord
 
     spec = verdict.spec
+    short = _spec_layer_name(spec.layer)
     known = [group for group in verdict.candidates if group.winner is not None]
     return VerdictRecord(
-        nodeid=nodeid, layer=_spec_layer_name(spec.layer), kernel=spec.kernel, warmup=spec.warmup,
+        nodeid=nodeid, layer=short, kernel=spec.kernel, warmup=spec.warmup,
         where="cuda" if spec.device == "cuda" else f"compile-only {spec.target}",
         warmup_seconds=round(verdict.warmup_seconds, 3), warmup_binaries=len(verdict.warmup.binaries()),
         autotune_keys=len(verdict.warmup.autotune_keys()), calls=len(verdict.calls),
@@ -375,6 +377,9 @@ def _verdict_record(nodeid: str, verdict):
         candidate_binaries=sum(len(g.binaries) for g in verdict.candidates),
         candidates_lost=sum(len(g.lost) for g in known) if known or not verdict.candidates else None,
         unused=None if verdict.unused is None else [e.describe() for e in verdict.unused],
+        warmup_compile_seconds=round(sum(e.seconds or 0.0 for e in verdict.warmup.compiles), 3),
+        autotune_configs=sum(e.configs_benchmarked for e in verdict.warmup.autotunes),
+        warmup_manifest=layer_entry(verdict, short),
     )
 
 
