@@ -12,7 +12,8 @@
 #   peers_*.json the suite on vLLM's released ops (correctness, warmth verdicts with real launches,
 #                latency) and mamba-ssm's; needs .peers/ops (benchmarks/peers/copy_ops.sh; carry ".peers/ops")
 #   peers.json   benchmarks/bench_peers.py: our kernel beside vLLM's ops, fresh processes, 3 dtypes
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|gpu|suite|latency|recorder|kernel|probe|host|peers|benchpeers ...]
+#   fp32.json    benchmarks/fp32_precision.py (fp32 dot precision: time, error, warmup)
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|gpu|suite|fp32|latency|recorder|kernel|probe|host|peers|benchpeers ...]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -33,7 +34,9 @@ for step in $steps; do
                 PEER_VLLM_ENTRY=vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen \
                 python3 benchmarks/bench_peers.py "$OUT/peers.json" --timeout 240 2>&1 | tail -8 ;;
     suite)    python3 -m pytest -p pytest_ssd --pyargs pytest_ssd.suite -q -p no:cacheprovider -rs \
-                --ssd-report "$OUT/suite.json" 2>&1 | tee "$OUT/suite.log" ;;
+                --ssd-report "$OUT/suite.json" --ssd-manifest "$OUT/manifest_gpu.json" \
+                --ssd-manifest-check pytest_ssd/suite/manifest_cuda90.json 2>&1 | tee "$OUT/suite.log" ;;
+    fp32)     python3 benchmarks/fp32_precision.py "$OUT/fp32.json" 2>&1 | tail -14 ;;
     latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" --rounds 3 2>&1 | tail -12 ;;
     recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
     kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 --repeat 2 2>&1 | tail -12 ;;
