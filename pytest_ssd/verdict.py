@@ -26,11 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
-from .coverage import Candidates, Miss, autotune_candidates, compare, unused
-from .events import Event, Recording
+from .coverage import Miss, autotune_candidates, compare, unused
+from .events import Recording
 
 _DTYPES = ("float32", "float16", "bfloat16")
 

@@ -67,3 +67,25 @@ def make_fill() -> JITFunction:
 def make_tuned_heads(cache_results: bool = False):
     """An autotuner over :data:`TUNED_CONFIGS` keyed on ``nheads``."""
     return triton_compat.autotune(JITFunction(tuned_heads), TUNED_CONFIGS, ["nheads"], cache_results=cache_results)
+
+
+# The start of an inner test module (pytester.makepyfile dedents it): a tiny constexpr-branching
+# kernel and launch(flag, n); tests append their own test functions.
+SCALE_KERNEL_TESTS = """
+    import pytest
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def scale_kernel(x_ptr, n, FLAG: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs, mask=offs < n)
+        if FLAG:
+            x = x * 2
+        tl.store(x_ptr + offs, x, mask=offs < n)
+
+    def launch(flag, n=64):
+        x = torch.randn(n)
+        scale_kernel[(1,)](x, n, FLAG=flag, BLOCK=64)
+"""

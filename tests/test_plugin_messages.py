@@ -8,26 +8,10 @@ import json
 
 import pytest
 
+from kernels_for_tests import SCALE_KERNEL_TESTS
 from pytest_ssd.report import WIDTH, ColdRecord, SessionReport, WarmupRecord, WorkerReport
 
-KERNEL = """
-    import pytest
-    import torch
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def scale_kernel(x_ptr, n, FLAG: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + offs, mask=offs < n)
-        if FLAG:
-            x = x * 2
-        tl.store(x_ptr + offs, x, mask=offs < n)
-
-    def launch(flag, n=64):
-        x = torch.randn(n)
-        scale_kernel[(1,)](x, n, FLAG=flag, BLOCK=64)
-"""
+KERNEL = SCALE_KERNEL_TESTS  # a module of inner tests: the kernel and launch(flag, n)
 
 COMPILE_ONLY = ("--ssd-compile-only", "cuda:90", "-p", "no:cacheprovider")
 

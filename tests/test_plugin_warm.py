@@ -7,23 +7,9 @@ import json
 
 import pytest
 
-KERNEL_TESTS = """
-    import pytest
-    import torch
-    import triton
-    import triton.language as tl
+from kernels_for_tests import SCALE_KERNEL_TESTS
 
-    @triton.jit
-    def scale_kernel(x_ptr, n, FLAG: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + offs, mask=offs < n)
-        if FLAG:
-            x = x * 2
-        tl.store(x_ptr + offs, x, mask=offs < n)
-
-    def launch(flag, n=64):
-        x = torch.randn(n)
-        scale_kernel[(1,)](x, n, FLAG=flag, BLOCK=64)
+KERNEL_TESTS = SCALE_KERNEL_TESTS + """
 
     @pytest.fixture
     def warmed():
