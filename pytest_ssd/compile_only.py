@@ -202,6 +202,11 @@ def _enter(target: str, persist_autotune: bool) -> ExitStack:
     stack.callback(_stash_away, tuned, target)
     try:
         stack.callback(triton_compat.swap_active_driver(_FakeDriver(target)))
+        # GPU kernels get CPU tensors here: `with torch.cuda.device(x.device.index)` (mamba_ssm's
+        # launchers) must be the no-op torch documents for a CPU tensor's index (None).
+        from .interpreter import cpu_device_guards
+
+        stack.enter_context(cpu_device_guards())
         stack.enter_context(triton_compat.autotune_with_active_driver(persist=persist_autotune))
         stack.callback(triton_compat.observe_triton(on_tune_start=lambda tuner, key: tuned.append((tuner, key))))
     except BaseException:

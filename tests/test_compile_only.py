@@ -200,3 +200,14 @@ def test_persist_autotune_must_be_a_bool():
         with compile_only("cuda:90", persist_autotune="no"):
             pass
     assert not compile_only_active()
+
+
+def test_a_cpu_tensors_device_guard_is_a_no_op_in_compile_only_mode():
+    # GPU launchers select their tensors' device (mamba_ssm: torch.cuda.device(x.device.index));
+    # compile-only hands them CPU tensors, whose index is None.
+    import torch
+
+    x = torch.randn(4)
+    with compile_only("cuda:90"):
+        with torch.cuda.device(x.device.index):
+            assert torch.equal(x * 1, x)
