@@ -1,6 +1,7 @@
 """Our kernel beside peer SSD kernels, each in a fresh process with an empty Triton cache.
 
     python benchmarks/bench_peers.py RESULT.json [--kernel NAME=MODULE:FN@WARMUP_MODULE:FN ...] [--dtypes bf16,fp16,fp32]
+    python benchmarks/bench_peers.py --from RESULT.json --plot PNG      # a chart of a saved run
 
 Per kernel and model dtype (the anchors' layer: 80 heads x 64, dstate 128, 1 group, chunk 256,
 fp32 states; request 1000/2048/517/3000 tokens): the warmup's wall time and binaries, the first
@@ -66,14 +67,53 @@ def _child(kernel: str, warmup: str, dtype: str) -> dict:
             "torch": torch.__version__, "triton": triton.__version__, "gpu": torch.cuda.get_device_name()}
 
 
+def plot(saved: dict, path: str) -> None:
+    """Two panels, one bar per kernel and dtype: steady state (ms) and cold warmup (s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in saved["rows"] if "failed" not in r]
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.8 / len(names)
+    for ax, key, label in ((axes[0], "steady_ms", "steady state, ms (do_bench median)"),
+                           (axes[1], "warmup_s", "warmup from an empty cache, s")):
+        for i, name in enumerate(names):
+            values = [next((r[key] for r in rows if r["name"] == name and r["dtype"] == d), 0) for d in dtypes]
+            bars = ax.bar([x + (i - (len(names) - 1) / 2) * width for x in range(len(dtypes))], values, width,
+                          label=name)
+            ax.bar_label(bars, fmt="%.2f" if key == "steady_ms" else "%.0f", fontsize=8)
+        ax.set_xticks(range(len(dtypes)), dtypes)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    first = rows[0]
+    fig.suptitle(f"{first['gpu']}, torch {first['torch']}, Triton {first['triton']}, {saved['date']}: "
+                 f"80 heads x 64, dstate 128, chunk 256, request {'/'.join(map(str, saved['request']))}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", nargs="?")
     parser.add_argument("--kernel", action="append", help="NAME=MODULE:FN@WARMUP_MODULE:FN (repeatable)")
     parser.add_argument("--dtypes", default="bf16,fp16,fp32")
     parser.add_argument("--timeout", type=int, default=300)
+    parser.add_argument("--from", dest="from_json", help="plot a saved RESULT.json instead of running")
+    parser.add_argument("--plot", help="write a PNG chart (with --from)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        if not args.plot:
+            parser.error("--from needs --plot PNG")
+        plot(saved, args.plot)
+        return
     if args.child:
         print(json.dumps(_child(*args.child)))
         return
