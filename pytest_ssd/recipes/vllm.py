@@ -45,10 +45,8 @@ def warm_ssd(layer) -> None:
     """Run vLLM's own SSD warmup for ``layer`` (a :class:`pytest_ssd.layer.Mixer2Layer`)."""
     from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
 
-    if layer.gated or not layer.dt_softplus or tuple(layer.dt_limit) != (0.0, float("inf")):
-        raise ValueError("vLLM's warmup calls the kernel with z=None, dt_softplus=True and dt_limit=(0, inf): "
-                         f"a layer with gated={layer.gated}, dt_softplus={layer.dt_softplus}, "
-                         f"dt_limit={layer.dt_limit} is not what it warms")
+    # vLLM's warmup always calls with z=None, dt_softplus=True and dt_limit=(0, inf), whatever the
+    # layer: a verdict on a gated or limited layer then shows what that leaves cold, as it would.
     handler = _FailedWarmup()
     logger = logging.getLogger("vllm")
     logger.addHandler(handler)
