@@ -89,7 +89,7 @@ class SSDKernel:
         if variant == "intermediate_states":
             return out, self.fn(out=out, return_intermediate_states=True, **kwargs)
         if variant == "final_states_out":
-            cache, slots = _state_cache(layer, inputs)
+            cache, slots = state_cache(layer, inputs)
             self.fn(out=out, final_states_out=cache, final_state_indices=slots, **kwargs)
             return out, cache[slots.long()]
         return out, self.fn(out=out, **kwargs)
@@ -118,7 +118,7 @@ class SSDKernel:
         return out, torch.stack(states)
 
 
-def _state_cache(layer, inputs) -> Tuple[torch.Tensor, torch.Tensor]:
+def state_cache(layer, inputs) -> Tuple[torch.Tensor, torch.Tensor]:
     """A NaN-poisoned SSM state cache with two spare slots, and a shuffled slot per sequence
     (int32), as an engine's ``ssm_state`` and ``state_indices`` look."""
     S = len(inputs.seqlens)

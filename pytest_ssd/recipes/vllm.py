@@ -64,9 +64,9 @@ def serving_prefill(layer, inputs) -> None:
     prefix caching is off: final states written into the SSM state cache at each sequence's slot."""
     from vllm.model_executor.layers.mamba.ops.ssd_combined import mamba_chunk_scan_combined_varlen
 
-    from ..adapters import _state_cache
+    from ..adapters import state_cache
 
-    cache, slots = _state_cache(layer, inputs)
+    cache, slots = state_cache(layer, inputs)
     mamba_chunk_scan_combined_varlen(
         out=torch.empty_like(inputs.x), final_states_out=cache, final_state_indices=slots,
         **inputs.kernel_kwargs(layer))

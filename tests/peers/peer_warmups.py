@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from pytest_ssd.adapters import _state_cache
+from pytest_ssd.adapters import state_cache
 from pytest_ssd.layer import make_ssd_inputs
 from pytest_ssd.options import load_callable
 
@@ -22,7 +22,7 @@ def _call(layer, initial_states: bool, final_states_out: bool) -> None:
     inputs = make_ssd_inputs(layer, [layer.chunk_size], seed=0, with_initial_states=initial_states)
     kwargs = inputs.kernel_kwargs(layer)
     if final_states_out:
-        cache, slots = _state_cache(layer, inputs)
+        cache, slots = state_cache(layer, inputs)
         kwargs.update(final_states_out=cache, final_state_indices=slots)
     mamba_chunk_scan_combined_varlen(out=torch.empty_like(inputs.x), **kwargs)
 
