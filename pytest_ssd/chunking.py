@@ -154,8 +154,14 @@ class SealedStore:
     as a :class:`SealedMetadata`. Later calls with the very same tensor objects (held by weak
     reference: a freed tensor's id never matches) at the same ``_version`` (bumped by in-place
     writes through torch ops), the same T, S, C and chunk size use that copy. Writes that bypass the version counter (``.data``,
-    ``.numpy()``, DLPack, another kernel, any in-place write to an inference tensor) are not
-    seen; they cannot reach the kernels either, which read only the private copy.
+    ``.numpy()``, DLPack, another kernel) are not seen; they cannot reach the kernels either,
+    which read only the private copy.
+
+    Inference tensors (``torch.inference_mode()``, how vLLM serves) have no version counter, so
+    an engine that refills the same metadata tensors in place for the next batch would get the
+    previous batch's copy: a caller's inference tensors are never kept (``keep=False``), and each
+    call checks them again. What :func:`chunk_metadata` built is kept: it made those tensors for
+    one batch.
     """
 
     def __init__(self, size: int = 64) -> None:
@@ -178,10 +184,14 @@ class SealedStore:
             return None
         return entry[1]
 
-    def seal(self, tensors: tuple, chunk_size: int, total_tokens: int, sealed: tuple) -> SealedMetadata:
-        """Keep ``sealed`` (a private copy of what was checked) for the caller's ``tensors``."""
+    def seal(self, tensors: tuple, chunk_size: int, total_tokens: int, sealed: tuple,
+             keep: bool = True) -> SealedMetadata:
+        """Keep ``sealed`` (a private copy of what was checked) for the caller's ``tensors``;
+        ``keep=False`` only wraps it (tensors whose in-place writes cannot be seen)."""
         key = self._key(tensors, chunk_size, total_tokens)
         sealed = SealedMetadata(*sealed)
+        if not keep:
+            return sealed
 
         def forget(_ref: Any) -> None:  # any of the caller's tensors died: its id may be reused
             with self._lock:

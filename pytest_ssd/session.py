@@ -36,6 +36,8 @@ def layer_description(layer: Any) -> str:
     return "Mixer2Layer(" + ", ".join(parts) + ")"
 
 
+# The short dtype names of coverage._SHORT_DTYPES that layers use; not imported from there, because
+# coverage imports triton and this module is loaded with the plugin in every pytest run.
 _SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -207,10 +209,10 @@ class SSDSession:
 
     @property
     def coverage_skip_reason(self) -> Optional[str]:
-        """Why warmup coverage cannot be checked in this session, or None when it can."""
+        """Why an in-process coverage check (``ssd_coverage_check``) cannot run here, or None."""
         if self.kernel_interpreted:
-            return (f"{self.settings.kernel} runs under Triton's interpreter on CPU, where nothing compiles; "
-                    f"check warmup coverage with --ssd-compile-only cuda:90 (or on a GPU)")
+            return (f"{self.settings.kernel} runs under Triton's interpreter in this process, where nothing "
+                    f"compiles; judge its warmth with ssd_verdict (a fresh compile-only process) instead")
         return None
 
     # ---- the kernel and its warmup ----------------------------------------------------------
@@ -276,7 +278,7 @@ class SSDSession:
         from .verdict import WorkloadSpec, judge
 
         s, kernel = self.settings, self.kernel
-        device = "cuda" if self.mode.device == "cuda" and not self.mode.compile_only else "cpu"
+        device = self.mode.device  # a CUDA mode is never compile-only
         target = self.mode.coverage_target if device == "cpu" else _gpu_target()
         if requests is None:
             from .suite.cases import COVERAGE_REQUESTS

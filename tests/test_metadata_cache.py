@@ -140,7 +140,9 @@ def test_writes_that_bypass_the_version_counter_never_reach_the_kernels(counted,
 
 @pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
 def test_metadata_is_sealed_and_found_again_in_serving_modes(counted, mode):
-    """Inference tensors have no version counter: chunk_metadata and the kernel work without one."""
+    """Inference tensors have no version counter: chunk_metadata and the kernel work without one.
+    A caller's inference tensors are checked on every call (a refill in place would go unseen);
+    tensors with a version counter are checked once."""
     layer = make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=SEED)
     with getattr(torch, mode)():
         inputs = make_ssd_inputs(layer, [5, 17], seed=SEED)
@@ -148,7 +150,7 @@ def test_metadata_is_sealed_and_found_again_in_serving_modes(counted, mode):
         first = _run(layer, inputs, **meta)
         second = _run(layer, inputs, **meta)
         built = _run(layer, inputs)
-    assert counted == [1], f"seed {SEED}"
+    assert counted == ([1, 1] if mode == "inference_mode" else [1]), f"seed {SEED}"
     assert torch.equal(first, second) and torch.equal(first, built) and not first.isnan().any()
 
 

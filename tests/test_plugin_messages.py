@@ -170,7 +170,7 @@ def test_the_header_shows_compile_only_wherever_it_is_in_effect(pytester):
     pytester.makepyfile("def test_ok(): pass")
     cpu = pytester.runpytest("-p", "pytest_ssd", "--ssd-device", "cpu")
     cpu.stdout.fnmatch_lines(["pytest-ssd *: device=cpu (cli): numerics under Triton's interpreter; "
-                              "warmup coverage in compile-only mode for cuda:90"])
+                              "warmup coverage in compile-only mode for cuda:90 (fresh processes)"])
     whole = pytester.runpytest("--ssd-compile-only", "cuda:80")
     whole.stdout.fnmatch_lines(["pytest-ssd *: compile-only cuda:80 (cli) for the whole session*nothing runs*"])
 

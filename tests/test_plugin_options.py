@@ -32,7 +32,7 @@ def test_a_session_that_asks_gets_the_full_header(pytester):
     pytester.makepyfile("def test_ok(): pass")
     result = pytester.runpytest_subprocess("--ssd-dtype", "bf16")
     result.stdout.fnmatch_lines(["pytest-ssd 0.1.0: device=cpu (auto): numerics under Triton's interpreter; "
-                                 "warmup coverage in compile-only mode for cuda:90",
+                                 "warmup coverage in compile-only mode for cuda:90 (fresh processes)",
                                  "pytest-ssd: kernel=pytest_ssd.kernels:*",
                                  "pytest-ssd: require_warm=False, dtype=bf16 (cli), seed=*reproduce with --ssd-seed=*"])
 

@@ -90,3 +90,24 @@ def test_warmup_in_serving_mode_runs(mode, device, monkeypatch):
     layer = make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=SEED, device=device)
     with _serving(mode):
         assert warmup_ssd_kernels(layer).calls == 2
+
+
+def test_metadata_refilled_in_place_under_inference_mode_is_read_anew():
+    """An engine that copies the next batch's metadata into the same inference tensors (no
+    version counter to see the write) gets that batch's result, not the previous batch's."""
+    layer = with_slow_decay(make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=SEED),
+                            SEED)
+    with torch.inference_mode():
+        first = make_ssd_inputs(layer, [5, 20, 1], seed=SEED)
+        second = make_ssd_inputs(layer, [20, 5, 1], seed=SEED)  # same T, S and C; other boundaries
+        names = ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")
+        engine = {k: getattr(first, k).clone() for k in names}  # the engine's own persistent buffers
+        kwargs = first.kernel_kwargs(layer)
+        mamba_chunk_scan_combined_varlen(out=poisoned_like(first.x), **{**kwargs, **engine})
+        for k in names:
+            engine[k].copy_(getattr(second, k))
+        refilled = poisoned_like(first.x)
+        mamba_chunk_scan_combined_varlen(out=refilled, **{**kwargs, **engine})
+        expected = poisoned_like(first.x)
+        mamba_chunk_scan_combined_varlen(out=expected, **{**kwargs, **{k: getattr(second, k) for k in names}})
+    assert torch.isfinite(refilled).all() and torch.equal(refilled, expected), f"seed {SEED}"

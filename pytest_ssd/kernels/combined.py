@@ -430,7 +430,10 @@ def _check_metadata(metadata: tuple, nseqs: int, nchunks: int, chunk_size: int, 
         check_int32_values(name, values)
     chunking.check_chunk_offsets(offsets, chunk_size, *lists)
     _, views = chunking.packed_int32(lists, device)
-    return chunking.SEALED.seal(metadata, chunk_size, total_tokens, views)
+    # An inference tensor has no version counter: a refill in place would go unseen, so it is
+    # checked on every call (chunking.SealedStore).
+    return chunking.SEALED.seal(metadata, chunk_size, total_tokens, views,
+                                keep=not any(t.is_inference() for t in metadata))
 
 
 def _device_guard(device: torch.device):
