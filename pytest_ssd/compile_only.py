@@ -151,8 +151,9 @@ def compile_only(target: str = "cuda:90", *, persist_autotune: bool = False) -> 
     global _depth, _settings, _exit_stack
     if target not in _TARGETS:
         raise ValueError(f"compile_only target must be one of {', '.join(TARGETS)}; got {target!r}")
-    if not isinstance(persist_autotune, bool):
-        raise ValueError(f"compile_only persist_autotune: expected True or False, got {persist_autotune!r}")
+    from .validation import check_bool  # it imports torch: not at this module's import
+
+    check_bool("compile_only persist_autotune", persist_autotune)
     settings = (target, persist_autotune)
     me = threading.get_ident()
     with _lock:

@@ -30,6 +30,10 @@ class Miss(NamedTuple):
     reason: str
     fix: str
 
+    def line(self, cost: str = "") -> str:
+        """``binary -- reason`` (then ``cost``, what a fresh machine pays), as reports print it."""
+        return f"{self.event.describe()} -- {self.reason}{cost}"
+
 
 @dataclass(frozen=True)
 class CoverageReport:
@@ -88,18 +92,25 @@ def compare(warmup: Recording, workload: Recording, workload_cold: Recording | N
     missing = []
     for e in workload.events:
         if isinstance(e, CompileEvent):
-            missing.append(Miss(e, _why_compiled(e, list(binaries.values()), warmup),
-                                _fix_compiled(e, list(binaries.values()), warmup)))
+            found = _nearest(e, list(binaries.values()), warmup, _compile_diffs, _COMPILED_AGAIN)
+            missing.append(Miss(e, _why_compiled(e, found), _fix_compiled(e, found, warmup)))
         else:
-            missing.append(Miss(e, _why_tuned(e, list(keys.values()), warmup), _fix_tuned(e, list(keys.values()))))
+            found = _nearest(e, list(keys.values()), warmup, _tune_diffs, _TUNED_AGAIN)
+            missing.append(Miss(e, _why_tuned(e, found), _fix_tuned(e, found)))
     return CoverageReport(missing, None if workload_cold is None else unused(warmup, workload_cold),
                           len(binaries), len(keys))
 
 
 def unused(warmup: Recording, workload_cold: Recording) -> list[Event]:
-    """Warmed binaries and autotune keys that the workload, recorded from a cold start, never needs."""
+    """Warmed binaries and autotune keys that the workload, recorded from a cold start, never needs.
+
+    An autotuner's candidates (:func:`autotune_candidates`) are not among them: they are the
+    price of tuning a key, counted with it (its key is unused when no request needs it).
+    """
     needed = set(workload_cold.binaries()) | set(workload_cold.autotune_keys())
-    return [e for identity, e in {**warmup.binaries(), **warmup.autotune_keys()}.items() if identity not in needed]
+    tried = {b.identity for group in autotune_candidates(warmup) for b in group.binaries}
+    return [e for identity, e in {**warmup.binaries(), **warmup.autotune_keys()}.items()
+            if identity not in needed and identity not in tried]
 
 
 def _same_kernel(event: Event, candidates: Sequence[Event]) -> list:
@@ -132,10 +143,13 @@ def _nearest(event: Event, warmed: list, warmup: Recording, diffs: Any, again: s
     return min(same, key=lambda w: len(diffs(event, w))), same
 
 
-def _why_compiled(event: CompileEvent, warmed: list[CompileEvent], warmup: Recording) -> str:
-    found = _nearest(event, warmed, warmup, _compile_diffs,
-                     "identical binary was warmed, yet compiled again: the warmup ran in another process, "
-                     "on another device, or on another kernel object")
+_COMPILED_AGAIN = ("identical binary was warmed, yet compiled again: the warmup ran in another process, "
+                   "on another device, or on another kernel object")
+_TUNED_AGAIN = ("identical autotune key was tuned during warmup, yet tuned again: the warmup ran in another "
+                "process or on another autotuner object")
+
+
+def _why_compiled(event: CompileEvent, found: tuple | str) -> str:
     if isinstance(found, str):
         return found
     nearest, same = found
@@ -196,10 +210,7 @@ def _tune_diffs(event: AutotuneEvent, warm: AutotuneEvent) -> list[tuple[str, st
                     if event.key_dtypes.get(n) != warm.key_dtypes.get(n)]
 
 
-def _why_tuned(event: AutotuneEvent, warmed: list[AutotuneEvent], warmup: Recording) -> str:
-    found = _nearest(event, warmed, warmup, _tune_diffs,
-                     "identical autotune key was tuned during warmup, yet tuned again: the warmup ran in another "
-                     "process or on another autotuner object")
+def _why_tuned(event: AutotuneEvent, found: tuple | str) -> str:
     if isinstance(found, str):
         return found
     nearest, same = found
@@ -222,17 +233,21 @@ def _why_tuned(event: AutotuneEvent, warmed: list[AutotuneEvent], warmup: Record
 
 # -- fixes: the warmup call that would have provided a missed event -------------------------
 
-_SPEC_FIXES = {"none": "not divisible by 16", "%16": "divisible by 16", "==1": "equal to 1"}
+_SPEC_FIXES = {**_INT_SPECS, "==1": "equal to 1"}
 
 
-def _fix_compiled(event: CompileEvent, warmed: list[CompileEvent], warmup: Recording) -> str:
-    same = _same_kernel(event, warmed)
-    if not same:
-        return f"add a warmup call that reaches {event.kernel}" + (
-            "" if _same_kernel(event, warmup.events) else " (the warmup never ran it)")
-    if any(w.identity == event.identity for w in same):
+def _fix_unfound(event: Event, found: str, again: str, warmup: Recording) -> str:
+    """The fix where ``_nearest`` found nothing to diff against (its reason, ``found``)."""
+    if found == again:
         return "warm in the process and on the device that serve (the warmup's binary is not this process's)"
-    nearest = min(same, key=lambda w: len(_compile_diffs(event, w)))
+    return f"add a warmup call that reaches {event.kernel}" + (
+        "" if _same_kernel(event, warmup.events) else " (the warmup never ran it)")
+
+
+def _fix_compiled(event: CompileEvent, found: tuple | str, warmup: Recording) -> str:
+    if isinstance(found, str):
+        return _fix_unfound(event, found, _COMPILED_AGAIN, warmup)
+    nearest, _ = found
     hints = []
     for kind, name in _compile_diffs(event, nearest):
         if kind == "constexpr":
@@ -252,11 +267,10 @@ def _fix_compiled(event: CompileEvent, warmed: list[CompileEvent], warmup: Recor
     return "add a warmup call with " + ", ".join(hints)
 
 
-def _fix_tuned(event: AutotuneEvent, warmed: list[AutotuneEvent]) -> str:
-    same = _same_kernel(event, warmed)
-    if not same:
+def _fix_tuned(event: AutotuneEvent, found: tuple | str) -> str:
+    if isinstance(found, str):
         return f"add a warmup call that autotunes {event.kernel} with this key"
-    nearest = min(same, key=lambda w: len(_tune_diffs(event, w)))
+    nearest, _ = found
     hints = []
     for kind, name in _tune_diffs(event, nearest):
         if kind == "value":

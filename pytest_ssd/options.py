@@ -104,14 +104,22 @@ def _path(value: str) -> str:
     return text
 
 
-def _ratio(value: str) -> float:
-    try:
-        ratio = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("accepted: a number > 1 (first call / steady state)") from None
-    if not 1.0 < ratio < float("inf"):
-        raise ValueError("accepted: a number > 1 (first call / steady state)")
-    return ratio
+def _float_above(low: float, accepted: str) -> Callable[[str], float]:
+    """A parser of a finite number greater than ``low``."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"accepted: {accepted}") from None
+        if not low < number < float("inf"):
+            raise ValueError(f"accepted: {accepted}")
+        return number
+
+    return parse
+
+
+_ratio = _float_above(1.0, "a number > 1 (first call / steady state)")
+_positive_seconds = _float_above(0.0, "a positive number of seconds")
 
 
 def _positive_int(value: str) -> int:
@@ -122,16 +130,6 @@ def _positive_int(value: str) -> int:
     if n <= 0:
         raise ValueError("accepted: a positive integer")
     return n
-
-
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("accepted: a positive number of seconds") from None
-    if not 0.0 < seconds < float("inf"):
-        raise ValueError("accepted: a positive number of seconds")
-    return seconds
 
 
 @dataclass(frozen=True)

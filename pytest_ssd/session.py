@@ -339,7 +339,7 @@ class SSDSession:
         from .events import Recording
 
         report = compare(Recording(events=list(self._warm_events)), Recording(events=list(events)))
-        return [f"{miss.event.describe()} -- {miss.reason}{_fresh_cost(miss.event)}; fix: {miss.fix}"
+        return [f"{miss.line(_fresh_cost(miss.event))}; fix: {miss.fix}"
                 for miss in report.missing]
 
 

@@ -118,7 +118,7 @@ class ColdBinary:
         event = self.miss.event
         cost = ("" if event.seconds is None
                 else f" -- a fresh machine pays {event.seconds:.2f}s" + (" (compile-only)" if event.compile_only else ""))
-        return f"{event.describe()} -- {self.miss.reason}{cost}"
+        return self.miss.line(cost)
 
 
 @dataclass(frozen=True)
@@ -200,10 +200,7 @@ def analyse(spec: WorkloadSpec, result: dict, cold: Optional[Recording]) -> Verd
         report = compare(warmup, call.recording)
         cold_binaries.extend(ColdBinary(miss, call) for miss in report.missing)
     candidates = tuple(autotune_candidates(warmup))
-    unused_events = None
-    if cold is not None:
-        tried = {b.identity for group in candidates for b in group.binaries}
-        unused_events = tuple(e for e in unused(warmup, cold) if e.identity not in tried)
+    unused_events = None if cold is None else tuple(unused(warmup, cold))
     return Verdict(spec=spec, warmup=warmup, warmup_seconds=result["warmup_seconds"], calls=calls,
                    cold=tuple(cold_binaries), candidates=candidates, unused=unused_events,
                    triton=result["triton"])

@@ -1,4 +1,4 @@
-"""vLLM's Mamba2 SSD kernels: its own warmup, and its serving call, on a pytest-ssd layer.
+"""vLLM's Mamba2 SSD kernels: its own warmup, on a pytest-ssd layer.
 
     pytest -p pytest_ssd --pyargs pytest_ssd.suite \\
         --ssd-kernel vllm.model_executor.layers.mamba.ops.ssd_combined:mamba_chunk_scan_combined_varlen \\
@@ -57,16 +57,3 @@ def warm_ssd(layer) -> None:
         logger.removeHandler(handler)
     if handler.failures:
         raise RuntimeError("vLLM's SSD warmup failed (it only logs this): " + "; ".join(handler.failures))
-
-
-def serving_prefill(layer, inputs) -> None:
-    """A workload (``--ssd-workload``): the prefill call vLLM 0.33's ``MambaMixer2`` makes when
-    prefix caching is off: final states written into the SSM state cache at each sequence's slot."""
-    from vllm.model_executor.layers.mamba.ops.ssd_combined import mamba_chunk_scan_combined_varlen
-
-    from ..adapters import state_cache
-
-    cache, slots = state_cache(layer, inputs)
-    mamba_chunk_scan_combined_varlen(
-        out=torch.empty_like(inputs.x), final_states_out=cache, final_state_indices=slots,
-        **inputs.kernel_kwargs(layer))
