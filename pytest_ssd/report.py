@@ -213,7 +213,6 @@ class SessionReport:
                     f"{wr.interpreter['bf16_cases_skipped']} bf16 correctness case(s) skipped: {reason}" if reason
                     else f"Triton {probe['triton']}'s interpreter computes bf16 tl.dot exactly (probe): bf16 cases judged"))
         lines.extend(self.verdict_lines())
-        lines.extend(self.bill_lines())
         lines.extend(self._total_lines())
         return [fit(line) for line in lines]
 
@@ -286,51 +285,38 @@ class SessionReport:
         ]
 
     def verdict_lines(self) -> list:
-        """The warmth verdicts: one row per layer config, then their unused warm binaries and the
-        warmup calls to add (cold events themselves are listed with their tests)."""
-        verdicts = [v for wr in self.workers for v in wr.verdicts]
+        """The warmth verdicts, one row per layer config with its warmup's bill; the bill's total
+        over every xdist worker; unused warm binaries; the warmup calls to add (cold events
+        themselves are listed with their tests)."""
+        verdicts = sorted(((v, wr.worker) for wr in self.workers for v in wr.verdicts),
+                          key=lambda pair: (pair[0].layer, pair[0].nodeid))
         if not verdicts:
             return []
         lines = ["warmth verdicts (a fresh process each; candidates: compiled to benchmark autotune configs)"]
-        for v in verdicts:
+        for v, worker in verdicts:
             lost = "winners unknown" if v.candidates_lost is None else f"{v.candidates_lost} lost"
             unused = "?" if v.unused is None else str(len(v.unused))
-            lines.append(f"  {v.layer} [{v.where}]: {'COLD ' + str(len(v.cold)) if v.cold else 'warm'} after "
-                         f"{v.calls} calls; warmup {v.warmup_seconds:.1f}s, {v.warmup_binaries} binaries "
-                         f"({v.candidate_binaries} candidates, {lost}); unused {unused}")
+            row = (f"{v.layer} [{v.where}, {worker}]: {'COLD ' + str(len(v.cold)) if v.cold else 'warm'}, "
+                   f"{v.calls} calls | warmup {v.warmup_seconds:.1f}s, {v.warmup_binaries} binaries, "
+                   f"{v.autotune_configs} configs benchmarked, {_compiling(v.where, v.warmup_compile_seconds)} | "
+                   f"candidates {v.candidate_binaries} ({lost}), unused {unused}")
+            lines.extend(wrapped(row, indent=2))
             lines.extend(part for u in (v.unused or []) for part in wrapped("unused: " + u))
-        fixes = list(dict.fromkeys(f"{fix} [{v.layer}]" for v in verdicts for fix in v.fixes))
+        parts = [_compiling(where, sum(v.warmup_compile_seconds for v, _ in verdicts if (v.where == "cuda") == gpu))
+                 for where, gpu in (("cuda", True), ("compile-only", False))
+                 if any((v.where == "cuda") == gpu for v, _ in verdicts)]
+        lines.append(f"  warmup bill: {len(verdicts)} warmup(s) on {len({w for _, w in verdicts})} worker(s), "
+                     f"{sum(v.warmup_binaries for v, _ in verdicts)} binaries, "
+                     f"{sum(v.autotune_configs for v, _ in verdicts)} autotune configs benchmarked, " + ", ".join(parts))
+        fixes = list(dict.fromkeys(f"{fix} [{v.layer}]" for v, _ in verdicts for fix in v.fixes))
         if fixes:
             lines.append("warmup calls to add, per layer config:")
             lines.extend(part for i, fix in enumerate(fixes, 1) for part in wrapped(f"{i}. {fix}", indent=2))
         return lines
 
-    def bill_lines(self) -> list:
-        """The warmup's bill per layer config (one fresh process each): binaries compiled,
-        autotune configs benchmarked, compile seconds; then the total over every xdist worker."""
-        verdicts = sorted(((v, wr.worker) for wr in self.workers for v in wr.verdicts),
-                          key=lambda pair: (pair[0].layer, pair[0].nodeid))
-        if not verdicts:
-            return []
 
-        def seconds(where: str, value: float) -> str:
-            return f"{value:.2f}s compiling (GPU)" if where == "cuda" else f"{value:.2f}s compiling (compile-only)"
-
-        lines = ["warmup bill, per layer config:"]
-        for v, worker in verdicts:
-            lines.append(f"  {v.layer} [{worker}]: {v.warmup_binaries} binaries, {v.autotune_configs} autotune "
-                         f"configs benchmarked, {seconds(v.where, v.warmup_compile_seconds)}")
-        gpu = [v for v, _ in verdicts if v.where == "cuda"]
-        cpu = [v for v, _ in verdicts if v.where != "cuda"]
-        parts = [seconds(where, sum(v.warmup_compile_seconds for v in group))
-                 for where, group in (("cuda", gpu), ("cpu", cpu)) if group]
-        workers = len({worker for _, worker in verdicts})
-        lines.append(f"  total: {len(verdicts)} warmup(s) on {workers} worker(s): "
-                     f"{sum(v.warmup_binaries for v, _ in verdicts)} binaries, "
-                     f"{sum(v.autotune_configs for v, _ in verdicts)} autotune configs benchmarked, "
-                     + ", ".join(parts))
-        return lines
-
+def _compiling(where: str, seconds: float) -> str:
+    return f"{seconds:.2f}s compiling (GPU)" if where == "cuda" else f"{seconds:.2f}s compiling (compile-only)"
 
 def environment() -> dict:
     """Versions and devices, read where they are (torch/triton imported lazily)."""

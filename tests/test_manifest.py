@@ -79,9 +79,9 @@ def test_a_manifest_is_written_and_is_stable_across_runs_and_xdist(toy):
     result.assert_outcomes(passed=2)
     assert result.ret == 0
     result.stdout.fnmatch_lines([
-        "*fp32/fp32 h4x16 n16 g1 c16 [[]gw?[]]: 6 binaries, 0 autotune configs*",
-        "*fp32/fp32 h8x16 n16 g1 c16 [[]gw?[]]: 6 binaries, 0 autotune configs*",
-        "*total: 2 warmup(s) on 2 worker(s): 12 binaries, 0 autotune configs benchmarked, *s compiling (compile-only)",
+        "*fp32/fp32 h4x16 n16 g1 c16 [[]compile-only cuda:90, gw?[]]: warm, * calls | warmup *s, 6 binaries, 0 configs",
+        "*fp32/fp32 h8x16 n16 g1 c16 [[]compile-only cuda:90, gw?[]]: warm, * calls | warmup *s, 6 binaries, 0 configs",
+        "*warmup bill: 2 warmup(s) on 2 worker(s), 12 binaries, 0 autotune configs benchmarked, *s compiling (compile-only)",
         "*warmup manifest matches *first.json: 2 layer config(s), 12 binaries",
     ])
     again = json.loads(second.read_text())

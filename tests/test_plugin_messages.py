@@ -163,6 +163,7 @@ def test_an_idle_session_adds_no_hint(pytester):
 """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*0 active drivers*"])  # the failure the hint is for
     assert "pytest-ssd: no GPU driver" not in result.stdout.str()
 
 

@@ -70,7 +70,7 @@ def test_suite_passes_on_our_kernel(pytester):
     report = pytester.path / "suite.json"
     result = pytester.runpytest(*SUITE, "--ssd-seed", "3", f"--ssd-report={report}", "-rs")
     result.assert_outcomes(passed=14, skipped=1)  # 13 correctness cases + coverage; latency is GPU-only
-    result.stdout.fnmatch_lines(["*h80x64*warm after 28 calls*", "*latency is judged on a GPU only*"])
+    result.stdout.fnmatch_lines(["*h80x64*: warm, 28 calls*", "*latency is judged on a GPU only*"])
     data = json.loads(report.read_text())
     (verdict,) = [v for wr in data["workers"] for v in wr["verdicts"]]
     assert verdict["where"] == "compile-only cuda:90" and verdict["warmup_binaries"] == 6, verdict
@@ -186,8 +186,8 @@ def test_unused_warm_binaries_are_reported(pytester):
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_too_much", "-k", "coverage",
                                            f"--ssd-report={report}")
     result.assert_outcomes(passed=1)
-    summary = pytest.LineMatcher(result.stdout.str().replace("\n        ", " ").splitlines())  # lines unwrapped
-    summary.fnmatch_lines(["*warm after 28 calls*0 candidates*unused 2", "*unused: _chunk_scan_kernel*HAS_Z=True*"])
+    summary = pytest.LineMatcher(result.stdout.str().replace("\n    ", " ").splitlines())  # lines unwrapped
+    summary.fnmatch_lines(["*warm, 28 calls*candidates 0 (0 lost), unused 2 *unused: _chunk_scan_kernel*HAS_Z=True*"])
     data = json.loads(report.read_text())
     assert data["totals"]["unused_binaries"] == 2
     assert all("HAS_Z=True" in line for line in data["workers"][0]["verdicts"][0]["unused"])
