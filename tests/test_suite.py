@@ -62,8 +62,15 @@ def warmup_without_initial_states(layer):
 """
 
 # --ssd-device cpu: the same checks on a GPU machine (interpreter numerics, compile-only coverage).
-SUITE = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprovider", "--ssd-dtype", "fp32",
-         "--ssd-device", "cpu")
+ANY_DTYPE = ("-p", "pytest_ssd", "--pyargs", "pytest_ssd.suite", "-p", "no:cacheprovider", "--ssd-device", "cpu")
+SUITE = (*ANY_DTYPE, "--ssd-dtype", "fp32")
+
+
+@pytest.fixture
+def broken(pytester):
+    """The BROKEN module (wrong kernels, partial warmups) importable in the inner session."""
+    pytester.makepyfile(broken=BROKEN)
+    pytester.syspathinsert()
 
 
 def test_suite_passes_on_our_kernel(pytester):
@@ -94,18 +101,14 @@ def test_the_default_limit_case_without_softplus_has_negative_dt():
         assert 0.2 < float((dt_prime < 0).float().mean()) < 0.8, scale
 
 
-def test_suite_fails_on_a_wrong_sign(pytester):
-    pytester.makepyfile(broken=BROKEN)
-    pytester.syspathinsert()
+def test_suite_fails_on_a_wrong_sign(pytester, broken):
     result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:wrong_sign", "--ssd-warmup", "broken:warm_wrong_sign",
                                 "-k", "varlen_mix or D_per_channel")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*SSD kernel disagrees with the reference (float32):*", "*out: * elements outside*"])
 
 
-def test_suite_fails_on_skipped_initial_states(pytester):
-    pytester.makepyfile(broken=BROKEN)
-    pytester.syspathinsert()
+def test_suite_fails_on_skipped_initial_states(pytester, broken):
     result = pytester.runpytest(*SUITE, "--ssd-kernel", "broken:skips_initial_states",
                                 "--ssd-warmup", "broken:warm_skips_initial_states", "-k",
                                 "initial_states or everything or varlen_mix")
@@ -114,9 +117,7 @@ def test_suite_fails_on_skipped_initial_states(pytester):
     result.stdout.fnmatch_lines(["*final_states: * elements outside*"])
 
 
-def test_third_party_kernel_on_cpu_is_judged_on_real_compiles(pytester):
-    pytester.makepyfile(broken=BROKEN)
-    pytester.syspathinsert()
+def test_third_party_kernel_on_cpu_is_judged_on_real_compiles(pytester, broken):
     # Numerics run under the interpreter in this session; the verdict's fresh process compiles
     # for real (compile-only), so the kernel's warmth is still judged.
     report = pytester.path / "r.json"
@@ -129,9 +130,7 @@ def test_third_party_kernel_on_cpu_is_judged_on_real_compiles(pytester):
     assert verdict["unused"] and all("HAS_INITSTATES=True" in line for line in verdict["unused"]), verdict
 
 
-def test_suite_fails_on_a_warmup_that_skips_has_initstates_true(pytester):
-    pytester.makepyfile(broken=BROKEN)
-    pytester.syspathinsert()
+def test_suite_fails_on_a_warmup_that_skips_has_initstates_true(pytester, broken):
     report = pytester.path / "r.json"
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_without_initial_states",
                                            "-k", "coverage", f"--ssd-report={report}")
@@ -150,14 +149,12 @@ def test_suite_fails_on_a_warmup_that_skips_has_initstates_true(pytester):
     assert all("never warmed (warmup had False)" in line for line in cold["lines"]), cold["lines"]
 
 
-def test_each_dtype_is_judged_alone(pytester):
+def test_each_dtype_is_judged_alone(pytester, broken):
     # The state-passing binary does not depend on the model dtype (fp32 states): in one process
     # the fp32 test's workload would compile it and the fp16 test would look warm. Each verdict
     # has a process of its own, so both name it.
-    pytester.makepyfile(broken=BROKEN)
-    pytester.syspathinsert()
     report = pytester.path / "r.json"
-    result = pytester.runpytest_subprocess(*SUITE[:-4], "--ssd-dtype", "fp32,fp16", "--ssd-device", "cpu",
+    result = pytester.runpytest_subprocess(*ANY_DTYPE, "--ssd-dtype", "fp32,fp16",
                                            "--ssd-warmup", "broken:warmup_without_initial_states",
                                            "-k", "coverage", f"--ssd-report={report}")
     result.assert_outcomes(failed=2)
@@ -169,9 +166,7 @@ def test_each_dtype_is_judged_alone(pytester):
         assert all("HAS_INITSTATES=True never warmed" in line and " vs *" not in line for line in v["cold"])
 
 
-def test_a_workload_of_ones_own_is_judged(pytester):
-    pytester.makepyfile(broken=BROKEN)
-    pytester.syspathinsert()
+def test_a_workload_of_ones_own_is_judged(pytester, broken):
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-workload", "broken:gated_workload", "-k", "coverage",
                                            "--ssd-requests", "17;256,3")
     result.assert_outcomes(failed=1)
@@ -179,9 +174,7 @@ def test_a_workload_of_ones_own_is_judged(pytester):
                                  "*paid by: seqlens ?17? (17 tokens), initial_states=False, workload"])
 
 
-def test_unused_warm_binaries_are_reported(pytester):
-    pytester.makepyfile(broken=BROKEN)
-    pytester.syspathinsert()
+def test_unused_warm_binaries_are_reported(pytester, broken):
     report = pytester.path / "r.json"
     result = pytester.runpytest_subprocess(*SUITE, "--ssd-warmup", "broken:warmup_too_much", "-k", "coverage",
                                            f"--ssd-report={report}")
