@@ -203,24 +203,22 @@ def _validate(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chun
         raise ValueError(f"cu_seqlens: at most {MAX_GRID_YZ} sequences and chunks per call, got {sizes['S']} "
                          f"sequences in {sizes['C']} chunks; split the batch")
 
-    device = check_same_device({"x": x, "dt": dt, "A": A, "B": B, "C": C, "out": out, "z": z, "dt_bias": dt_bias,
-                                "D": D, "initial_states": initial_states, **dict(zip(METADATA_NAMES, metadata))})
-    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("out", out), ("z", z),
-                    ("dt_bias", dt_bias), ("D", D), ("initial_states", initial_states)):
-        if t is not None:
-            check_contiguous(name, t)
-            _check_aligned(name, t)
-    check_no_overlap("out", out, {"x": x, "dt": dt, "A": A, "B": B, "C": C, "z": z, "dt_bias": dt_bias, "D": D,
-                                  "initial_states": initial_states})
-    if torch.is_grad_enabled():
-        for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("out", out), ("z", z),
-                        ("dt_bias", dt_bias), ("D", D), ("initial_states", initial_states)):
-            if t is not None and t.requires_grad:
-                raise ValueError(
-                    f"{name}: requires grad, but this kernel is forward-only (no backward: the gradient would be "
-                    f"silently dropped); call it under torch.no_grad() or torch.inference_mode(), or pass "
-                    f"{name}.detach()"
-                )
+    tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "out": out, "z": z, "dt_bias": dt_bias, "D": D,
+               "initial_states": initial_states}
+    device = check_same_device({**tensors, **dict(zip(METADATA_NAMES, metadata))})
+    grad = torch.is_grad_enabled()
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        check_contiguous(name, t)
+        _check_aligned(name, t)
+        if grad and t.requires_grad:
+            raise ValueError(
+                f"{name}: requires grad, but this kernel is forward-only (no backward: the gradient would be "
+                f"silently dropped); call it under torch.no_grad() or torch.inference_mode(), or pass "
+                f"{name}.detach()"
+            )
+    check_no_overlap("out", out, {k: v for k, v in tensors.items() if k != "out"})
     return tuple(sizes[k] for k in ("T", "H", "P", "G", "N", "S", "C")) + (lo, hi, device)
 
 
