@@ -39,7 +39,7 @@ class ColdRecord:
     lines: list = field(default_factory=list)  # one line per event: the binary, then why (or which fixture)
     allow_reason: Optional[str] = None
     enforced_by: Optional[str] = None  # "--ssd-require-warm (cli)", "@pytest.mark.ssd_requires_warm", ...
-    layer: Optional[str] = None  # WarmupRecord.layer of the config the test warmed last, if any
+    layer: Optional[str] = None  # WarmupRecord.layer the test warmed last, or a verdict's VerdictRecord.layer
 
 
 @dataclass
@@ -59,7 +59,7 @@ class VerdictRecord:
     """One warmth verdict (:mod:`pytest_ssd.verdict`): a fresh process's warmup and workload."""
 
     nodeid: str
-    layer: str  # short: heads x head_dim, dstate, chunk, dtypes
+    layer: str  # session.layer_short_name: dtypes, heads x head_dim, dstate, groups, chunk
     kernel: str
     warmup: str
     where: str  # "cuda" (real launches) or "compile-only cuda:90"
