@@ -66,7 +66,7 @@ def _instrumented(combined):
         return wrapper
 
     combined._launch, combined._check_metadata = timed_launch, timed_check
-    combined._fast_sizes = stamped("checks", combined._fast_sizes)
+    combined.fast_sizes = stamped("checks", combined.fast_sizes)
     combined._device_guard = stamped("plans+guard", combined._device_guard)
     combined._Workspace.carve = stamped("workspace", combined._Workspace.carve)
     combined._LAUNCHER.stream = stamped("stream", combined._LAUNCHER.stream)
@@ -217,7 +217,7 @@ def host_pieces() -> dict:
             pass
 
     steps = {
-        "argument checks (_fast_sizes)": lambda: combined._fast_sizes(*tensors, meta, 256, (0.0, math.inf), None,
+        "argument checks (fast_sizes)": lambda: combined.fast_sizes(*tensors, meta, 256, (0.0, math.inf), None,
                                                                        layer.dt_softplus, False),
         "launch plans (key + cache)": lambda: combined._PLANS.get(key),
         "device guard": guard,

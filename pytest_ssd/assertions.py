@@ -120,7 +120,8 @@ def tf32_hint(actual: torch.Tensor, expected: torch.Tensor) -> Optional[str]:
         return None
     return (f"errors of ~1e-3 relative in fp32 are what TF32 dots give (here {relative:.1e} RMS relative): "
             f"Triton computes a float32 tl.dot in TF32 on NVIDIA GPUs by default (input_precision='tf32'); "
-            f"a float32 model's kernel wants input_precision='ieee' (or 'tf32x3'). The fp32 tolerance is "
+            f"a float32 model's kernel wants input_precision='ieee' or 'tf32x3' (or 'bf16x3' on Triton 3.6+, or a "
+            f"hi/lo bf16 split by hand as the bundled kernel does). The fp32 tolerance is "
             f"not loosened for TF32.")
 
 

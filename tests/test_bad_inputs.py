@@ -26,7 +26,7 @@ from pytest_ssd.assertions import Tolerance, assert_ssd_close
 from pytest_ssd.chunking import chunk_metadata
 from pytest_ssd.compile_only import compile_only
 from pytest_ssd.events import Recording
-from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
+from pytest_ssd.kernels import arguments, combined, mamba_chunk_scan_combined_varlen
 from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
 from pytest_ssd.warmup import warmup_ssd_kernels
 
@@ -322,10 +322,10 @@ def test_fuzzed_shapes_are_refused_by_both_checks_alike(case, monkeypatch):
     metadata = (cu, meta.cu_chunk_seqlens, meta.seq_idx, meta.last_chunk_indices)
     rest = (metadata, 16, (0.0, math.inf), None, True, False)
     try:
-        full = combined._validate(*tensors, *rest)
+        full = arguments.validate(*tensors, *rest)
     except ValueError:
         full = None
-    assert combined._fast_sizes(*tensors, *rest) == full
+    assert arguments.fast_sizes(*tensors, *rest) == full
     assert (full is None) == (bool(off) or H % G != 0)
 
 

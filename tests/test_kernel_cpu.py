@@ -17,7 +17,7 @@ import _ssd_cases
 from _ssd_cases import (KernelCase, assert_states_matter, check_against_reference, check_intermediate_states,
                         run_kernel, with_slow_decay)
 from pytest_ssd.adapters import poisoned_like
-from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
+from pytest_ssd.kernels import arguments, combined, mamba_chunk_scan_combined_varlen
 
 SMALL = dict(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, dtype=torch.float32,
              state_dtype=torch.float32)
@@ -177,10 +177,10 @@ def test_bad_input_raises_before_any_launch(name, mutate, message, mixer2_layer,
     rest = (tuple(bad[k] for k in combined.METADATA_NAMES), bad["chunk_size"], bad.get("dt_limit", (0.0, math.inf)),
             bad.get("state_dtype"), bad.get("dt_softplus", False), bad.get("return_intermediate_states", False))
     try:
-        full = combined._validate(*positional, *rest)
+        full = arguments.validate(*positional, *rest)
     except ValueError:
         full = None
-    assert combined._fast_sizes(*positional, *rest) == full
+    assert arguments.fast_sizes(*positional, *rest) == full
 
 
 def test_the_bad_input_fixture_is_otherwise_valid(mixer2_layer, ssd_inputs) -> None:

@@ -71,7 +71,7 @@ def test_mamba2_2p7b_layer(with_initial_states, ssd_seed, mixer2_layer, ssd_inpu
 # float32 models' dot precisions that claim float32 accuracy (kernels/configs.py): each passes the
 # fp32 tolerance, whichever is the default. Plain "tf32" claims no such thing and is only measured
 # (benchmarks/fp32_precision.py).
-ACCURATE_FP32_PRECISIONS = ["tf32x3", "ieee"]
+ACCURATE_FP32_PRECISIONS = ["bf16x3", "tf32x3", "ieee"]
 
 
 @pytest.mark.parametrize("precision", ACCURATE_FP32_PRECISIONS)

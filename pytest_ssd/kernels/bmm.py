@@ -15,7 +15,7 @@ def _bmm_chunk_kernel(
     C_ptr, B_ptr, cu_chunk_seqlens_ptr, CB_ptr,
     G: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    SPLIT_MODEL: tl.constexpr, NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -41,7 +41,11 @@ def _bmm_chunk_kernel(
         mask_k = (k0 + offs_k) < N
         c = tl.load(c_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_ptrs + k0, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(c.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        c_hi, b_hi = c.to(NARROW), b.to(NARROW)
+        acc = tl.dot(c_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        if SPLIT_MODEL:  # float32 models under bf16x3: hi*hi + hi*lo + lo*hi
+            acc = tl.dot(c_hi.to(DOT_DTYPE), (b - b_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+            acc = tl.dot((c - c_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
 
     offs = (chunk.to(tl.int64) * G + g) * (CHUNK_SIZE * CHUNK_SIZE) + offs_m[:, None] * CHUNK_SIZE + offs_n[None, :]
     tl.store(CB_ptr + offs, acc)

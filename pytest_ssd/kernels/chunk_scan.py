@@ -12,9 +12,10 @@ first chunk of a sequence it is that sequence's initial state (``HAS_INITSTATES`
 term is skipped).
 
 Precision: for 16-bit models the two float32 operands (the float32 state, and ``CB`` scaled by
-decay and dt) enter the tensor cores as hi/lo pairs of 16-bit values (``SPLIT_16BIT``): one
+decay and dt) enter the tensor cores as hi/lo pairs of 16-bit values (``SPLIT_F32``): one
 rounding to bf16 there costs up to ~0.3 absolute on outputs of long sequences, more than
-vLLM's bf16 tolerance; the pair keeps float32 accuracy for one extra MMA each.
+vLLM's bf16 tolerance; the pair keeps float32 accuracy for one extra MMA each. Float32 models
+under ``bf16x3`` split the model's operands (``C``, ``x``) too (``SPLIT_MODEL``): three bf16 MMAs.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def _chunk_scan_kernel(
     cu_chunk_seqlens_ptr, seq_idx_ptr,
     H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
     HAS_INITSTATES: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
-    SPLIT_16BIT: tl.constexpr, INTERPRETED: tl.constexpr,
+    SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DSTATE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -66,11 +67,12 @@ def _chunk_scan_kernel(
             mask_s = (s0 + offs_s) < N
             c = tl.load(c_ptrs + s0, mask=mask_m[:, None] & mask_s[None, :], other=0.0)
             st = tl.load(prev_ptrs + s0, mask=mask_s[:, None] & mask_n[None, :], other=0.0)
-            st_hi = st.to(c.dtype)
-            c = c.to(DOT_DTYPE)
-            acc = tl.dot(c, st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-            if SPLIT_16BIT:
-                acc = tl.dot(c, (st - st_hi.to(tl.float32)).to(st_hi.dtype).to(DOT_DTYPE), acc)
+            st_hi, c_hi = st.to(NARROW), c.to(NARROW)
+            acc = tl.dot(c_hi.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+            if SPLIT_F32:
+                acc = tl.dot(c_hi.to(DOT_DTYPE), (st - st_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+            if SPLIT_MODEL:
+                acc = tl.dot((c - c_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
     else:
         if HAS_INITSTATES:
             init_ptrs = initial_states_ptr + (seq.to(tl.int64) * H + h) * (P * N) + state_offs
@@ -78,11 +80,12 @@ def _chunk_scan_kernel(
                 mask_s = (s0 + offs_s) < N
                 c = tl.load(c_ptrs + s0, mask=mask_m[:, None] & mask_s[None, :], other=0.0)
                 st = tl.load(init_ptrs + s0, mask=mask_s[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-                st_hi = st.to(c.dtype)
-                c = c.to(DOT_DTYPE)
-                acc = tl.dot(c, st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-                if SPLIT_16BIT:
-                    acc = tl.dot(c, (st - st_hi.to(tl.float32)).to(st_hi.dtype).to(DOT_DTYPE), acc)
+                st_hi, c_hi = st.to(NARROW), c.to(NARROW)
+                acc = tl.dot(c_hi.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+                if SPLIT_F32:
+                    acc = tl.dot(c_hi.to(DOT_DTYPE), (st - st_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+                if SPLIT_MODEL:
+                    acc = tl.dot((c - c_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
     acc *= tl.exp(dA_m)[:, None]
 
     k_end = tl.minimum((pid_m + 1) * BLOCK_M, length)
@@ -103,11 +106,12 @@ def _chunk_scan_kernel(
         # Tiles above the diagonal were never written by the bmm stage: select, never multiply.
         cb = tl.where(causal, cb * decay * dt_k[None, :], 0.0)
         xk = tl.load(x_ptrs + k0 * (H * P), mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        cb_hi = cb.to(x_ptr.dtype.element_ty)
-        xk = xk.to(DOT_DTYPE)
-        acc = tl.dot(cb_hi.to(DOT_DTYPE), xk, acc, input_precision=DOT_PRECISION)
-        if SPLIT_16BIT:
-            acc = tl.dot((cb - cb_hi.to(tl.float32)).to(x_ptr.dtype.element_ty).to(DOT_DTYPE), xk, acc)
+        cb_hi, x_hi = cb.to(NARROW), xk.to(NARROW)
+        acc = tl.dot(cb_hi.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        if SPLIT_F32:
+            acc = tl.dot((cb - cb_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
+        if SPLIT_MODEL:
+            acc = tl.dot(cb_hi.to(DOT_DTYPE), (xk - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
 
     io_offs = (start + offs_m[:, None]) * (H * P) + h * P + offs_n[None, :]
     mask_io = mask_m[:, None] & mask_n[None, :]

@@ -17,8 +17,9 @@ the GPU idle while the host launches the next one. Each tile program of a (chunk
 it, writes the same bits, and reads them back for its own k-blocks.
 
 Precision: the scaled ``B`` is float32; for 16-bit models it enters the tensor cores as a hi/lo
-pair of 16-bit values (``SPLIT_16BIT``), so the product keeps float32 accuracy where one rounding of
-the scaled operand to bf16 costs up to ~0.3 absolute on outputs of long sequences.
+pair of 16-bit values (``SPLIT_F32``), so the product keeps float32 accuracy where one rounding of
+the scaled operand to bf16 costs up to ~0.3 absolute on outputs of long sequences. Float32 models
+under ``bf16x3`` split ``x`` too (``SPLIT_MODEL``): hi*hi + hi*lo + lo*hi in bf16 (configs.py).
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ def _chunk_state_kernel(
     dt_min, dt_max,
     H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DT_LIMIT: tl.constexpr,
-    SPLIT_16BIT: tl.constexpr, INTERPRETED: tl.constexpr,
+    SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -84,11 +85,13 @@ def _chunk_state_kernel(
         dA_k = tl.load(dA_cumsum_ptr + base_l + k, mask=mask_k, other=0.0, cache_modifier=".cg")
         dt_k = tl.load(dt_out_ptr + base_l + k, mask=mask_k, other=0.0, cache_modifier=".cg")
         b = b.to(tl.float32) * (tl.exp(dA_last - dA_k) * dt_k)[:, None]
-        b_hi = b.to(x_ptr.dtype.element_ty)
-        xt = xt.to(DOT_DTYPE)
-        acc = tl.dot(xt, b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-        if SPLIT_16BIT:
-            acc = tl.dot(xt, (b - b_hi.to(tl.float32)).to(x_ptr.dtype.element_ty).to(DOT_DTYPE), acc)
+        b_hi = b.to(NARROW)
+        x_hi = xt.to(NARROW)
+        acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        if SPLIT_F32:
+            acc = tl.dot(x_hi.to(DOT_DTYPE), (b - b_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+        if SPLIT_MODEL:
+            acc = tl.dot((xt - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
 
     offs = (chunk.to(tl.int64) * H + h) * (P * N) + offs_m[:, None] * N + offs_n[None, :]
     tl.store(states_ptr + offs, acc, mask=mask_m[:, None] & mask_n[None, :])

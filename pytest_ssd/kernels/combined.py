@@ -14,7 +14,7 @@ model/state dtypes and the flags ``HAS_INITSTATES``, ``HAS_D``, ``D_HAS_HDIM``, 
 ``dt_softplus`` and whether dt' is clamped (``dt_limit`` other than ``(0, inf)``, or no softplus).
 
 Host time per call (a request's latency, when the GPU waits for it): the argument checks take
-one cheap pass (:func:`_fast_sizes`; the full checks with their messages run only when it
+one cheap pass (:func:`pytest_ssd.kernels.arguments.fast_sizes`; the full checks with their messages run only when it
 balks); the four launches' constexprs and grids are planned once per layer and flags
 (:func:`_stage_plans`, kept per flat key in ``_PLANS``); on a GPU, after Triton's JIT has picked a stage's binary once, later
 launches go to that binary directly (:class:`pytest_ssd.triton_compat.DirectLauncher`); and
@@ -36,24 +36,20 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 from .. import chunking
 from ..chunking import METADATA_NAMES
 from ..compile_only import active_target, compile_only_active
 from ..triton_compat import DirectLauncher, watch_jit_cache
-from ..validation import (MAX_CHUNK_SIZE, MAX_TOKENS, MODEL_DTYPES, STATE_DTYPES, check_bool, check_contiguous,
-                          check_divides, check_dt_limit, check_dtype, check_int32_values, check_no_overlap,
-                          check_offsets, check_power_of_two, check_same_device, check_shape,
-                          contiguous_strides, optional_shape)
+from ..validation import check_int32_values, check_offsets, contiguous_strides
+from .arguments import fast_sizes, validate
 from .bmm import BMM_CHUNK
 from .chunk_scan import CHUNK_SCAN
 from .chunk_state import CHUNK_STATE
 from . import configs
 from .configs import LayerDims
 from .state_passing import STATE_PASSING
-
-ALIGNMENT = 16  # bytes; Triton compiles a separate binary for pointers that are not 16-byte aligned
-MAX_GRID_YZ = 65535  # CUDA limit on the 2nd and 3rd grid dimension (chunks, sequences)
 
 
 def mamba_chunk_scan_combined_varlen(
@@ -108,9 +104,9 @@ def mamba_chunk_scan_combined_varlen(
     """
     metadata = (cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)
     tensors = (x, dt, A, B, C, out, D, z, dt_bias, initial_states)
-    sizes = _fast_sizes(*tensors, metadata, chunk_size, dt_limit, state_dtype, dt_softplus, return_intermediate_states)
+    sizes = fast_sizes(*tensors, metadata, chunk_size, dt_limit, state_dtype, dt_softplus, return_intermediate_states)
     if sizes is None:  # something is off: the full checks say what
-        sizes = _validate(*tensors, metadata, chunk_size, dt_limit, state_dtype, dt_softplus,
+        sizes = validate(*tensors, metadata, chunk_size, dt_limit, state_dtype, dt_softplus,
                           return_intermediate_states)
     T, H, P, G, N, S, nchunks, lo, hi, device = sizes
 
@@ -145,134 +141,6 @@ def mamba_chunk_scan_combined_varlen(
         state_dtype = initial_states.dtype if initial_states is not None else x.dtype
     result = chunk_states if return_intermediate_states else final_states
     return result if result.dtype == state_dtype else result.to(state_dtype)
-
-
-def _validate(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chunk_size, dt_limit,
-              state_dtype, dt_softplus, return_intermediate_states) -> tuple:
-    """Every argument check, with a ``ValueError`` naming the argument on the first failure.
-
-    Returns ``(T, H, P, G, N, S, nchunks, dt_low, dt_high, device)``. The metadata's contents
-    are checked later (:func:`_check_metadata`), after the launches are prepared.
-    """
-    cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices = metadata
-    sizes: dict = {}
-    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("out", out), ("cu_seqlens", cu_seqlens),
-                    ("cu_chunk_seqlens", cu_chunk_seqlens), ("seq_idx", seq_idx),
-                    ("last_chunk_indices", last_chunk_indices)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    check_shape("x", x, ("T", "H", "P"), sizes)
-    check_shape("dt", dt, ("T", "H"), sizes)
-    check_shape("A", A, ("H",), sizes)
-    check_shape("B", B, ("T", "G", "N"), sizes)
-    check_shape("C", C, ("T", "G", "N"), sizes)
-    check_shape("out", out, ("T", "H", "P"), sizes)
-    optional_shape("z", z, [("T", "H", "P")], sizes)
-    optional_shape("dt_bias", dt_bias, [("H",)], sizes)
-    optional_shape("D", D, [("H",), ("H", "P")], sizes)
-    check_shape("cu_seqlens", cu_seqlens, (None,), sizes)
-    if cu_seqlens.numel() < 2:
-        raise ValueError(f"cu_seqlens: expected at least 2 entries [0, T] (one sequence), got {cu_seqlens.numel()}")
-    sizes["S"] = cu_seqlens.numel() - 1
-    check_shape("seq_idx", seq_idx, ("C",), sizes)
-    check_shape("cu_chunk_seqlens", cu_chunk_seqlens, (sizes["C"] + 1,), sizes)
-    check_shape("last_chunk_indices", last_chunk_indices, ("S",), sizes)
-    optional_shape("initial_states", initial_states, [("S", "H", "P", "N")], sizes)
-
-    check_dtype("x", x, MODEL_DTYPES)
-    for name, t in (("dt", dt), ("B", B), ("C", C), ("z", z), ("out", out)):
-        if t is not None:
-            check_dtype(name, t, (x.dtype,))
-    for name, t in (("A", A), ("dt_bias", dt_bias), ("D", D)):
-        if t is not None:
-            check_dtype(name, t, (torch.float32,))
-    if initial_states is not None:
-        check_dtype("initial_states", initial_states, STATE_DTYPES)
-    for name, t in zip(METADATA_NAMES, metadata):
-        check_dtype(name, t, (torch.int32, torch.int64))
-    if state_dtype is not None and state_dtype not in STATE_DTYPES:
-        raise ValueError(f"state_dtype: expected one of (float32, float16, bfloat16) or None, got {state_dtype}")
-    check_power_of_two("chunk_size", chunk_size, minimum=16, maximum=MAX_CHUNK_SIZE)
-    check_bool("dt_softplus", dt_softplus)
-    check_bool("return_intermediate_states", return_intermediate_states)
-    if sizes["T"] > MAX_TOKENS:
-        raise ValueError(f"x: at most 2**31 - 1 tokens per call (metadata is int32), got T={sizes['T']}")
-    check_divides("ngroups (dimension 1 of B)", sizes["G"], "nheads (dimension 1 of x)", sizes["H"])
-    lo, hi = check_dt_limit(dt_limit)
-    if sizes["S"] > MAX_GRID_YZ or sizes["C"] > MAX_GRID_YZ:
-        raise ValueError(f"cu_seqlens: at most {MAX_GRID_YZ} sequences and chunks per call, got {sizes['S']} "
-                         f"sequences in {sizes['C']} chunks; split the batch")
-
-    tensors = {"x": x, "dt": dt, "A": A, "B": B, "C": C, "out": out, "z": z, "dt_bias": dt_bias, "D": D,
-               "initial_states": initial_states}
-    device = check_same_device({**tensors, **dict(zip(METADATA_NAMES, metadata))})
-    grad = torch.is_grad_enabled()
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        check_contiguous(name, t)
-        _check_aligned(name, t)
-        if grad and t.requires_grad:
-            raise ValueError(
-                f"{name}: requires grad, but this kernel is forward-only (no backward: the gradient would be "
-                f"silently dropped); call it under torch.no_grad() or torch.inference_mode(), or pass "
-                f"{name}.detach()"
-            )
-    check_no_overlap("out", out, {k: v for k, v in tensors.items() if k != "out"})
-    return tuple(sizes[k] for k in ("T", "H", "P", "G", "N", "S", "C")) + (lo, hi, device)
-
-
-def _fast_sizes(x, dt, A, B, C, out, D, z, dt_bias, initial_states, metadata, chunk_size, dt_limit,
-                state_dtype, dt_softplus, return_intermediate_states) -> Optional[tuple]:
-    """:func:`_validate`'s result in one cheap pass when every check passes, else None.
-
-    A request pays this, not the full checks with their messages (a few microseconds against
-    tens); anything unusual (a wrong shape, dtype, device, layout, or a non-tensor) returns
-    None and :func:`_validate` names the problem. It must never accept what ``_validate``
-    rejects: ``tests/test_kernel_cpu.py`` runs both on every bad input.
-    """
-    try:
-        T, H, P = x.shape
-        _, G, N = B.shape
-        cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices = metadata
-        S, nchunks = cu_seqlens.shape[0] - 1, seq_idx.shape[0]
-        lo, hi = dt_limit
-        lo, hi = float(lo), float(hi)
-    except (AttributeError, TypeError, ValueError, IndexError):
-        return None
-    dtype, device = x.dtype, x.device
-    grad = torch.is_grad_enabled()
-    out_start = out.data_ptr() if isinstance(out, torch.Tensor) else 0
-    out_end = out_start + out.nbytes if out_start else 0
-    for t in (x, dt, A, B, C, D, z, dt_bias, initial_states):
-        if t is None:
-            continue
-        if not (isinstance(t, torch.Tensor) and t.device == device and t.is_contiguous()):
-            return None
-        start = t.data_ptr()
-        if start % ALIGNMENT or (start < out_end and out_start < start + t.nbytes) or (grad and t.requires_grad):
-            return None
-    if not (isinstance(out, torch.Tensor) and out.device == device and out.is_contiguous()
-            and out_start % ALIGNMENT == 0 and not (grad and out.requires_grad)):
-        return None
-    for t in metadata:
-        if not (isinstance(t, torch.Tensor) and t.device == device and t.dtype in (torch.int32, torch.int64)):
-            return None
-    ok = (dtype in MODEL_DTYPES and dt.dtype == B.dtype == C.dtype == out.dtype == dtype
-          and A.dtype == torch.float32 and dt.shape == (T, H) and A.shape == (H,) and B.shape == C.shape == (T, G, N)
-          and out.shape == (T, H, P) and (z is None or (z.dtype == dtype and z.shape == (T, H, P)))
-          and (dt_bias is None or (dt_bias.dtype == torch.float32 and dt_bias.shape == (H,)))
-          and (D is None or (D.dtype == torch.float32 and D.shape in ((H,), (H, P))))
-          and (initial_states is None or (initial_states.dtype in STATE_DTYPES
-                                          and initial_states.shape == (S, H, P, N)))
-          and cu_seqlens.shape == (S + 1,) and S >= 1 and seq_idx.shape == (nchunks,)
-          and cu_chunk_seqlens.shape == (nchunks + 1,) and last_chunk_indices.shape == (S,)
-          and (state_dtype is None or state_dtype in STATE_DTYPES)
-          and type(chunk_size) is int and 16 <= chunk_size <= MAX_CHUNK_SIZE and not chunk_size & (chunk_size - 1)
-          and (dt_softplus is True or dt_softplus is False)
-          and (return_intermediate_states is True or return_intermediate_states is False)
-          and G > 0 and H % G == 0 and lo <= hi and S <= MAX_GRID_YZ and nchunks <= MAX_GRID_YZ and T <= MAX_TOKENS)
-    return (T, H, P, G, N, S, nchunks, lo, hi, device) if ok else None
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per cached plan
@@ -351,12 +219,14 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
     has_init = init_dtype is not None
     dims = LayerDims(H, G, P, N, L, dtype)
     cfg = configs.configs_for(dims)
-    # float32 operands only: 16-bit operands multiply in their own dtype whatever this says.
     amd = target.startswith("hip") if target else (not interpret and torch.version.hip is not None)
-    precision = configs.fp32_dot_precision(amd=amd) if dtype == torch.float32 else "tf32"
-    dot_dtype = _dot_dtype(dtype, interpret)
-    common = dict(SPLIT_16BIT=dtype != torch.float32,  # hi/lo 16-bit operand pairs: float32 accuracy
-                  INTERPRETED=interpret, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype)
+    dots = configs.dot_plan(dtype, amd=amd)
+    narrow = _TL_DTYPES[dots.narrow]
+    # bf16 pieces multiply in float32 under the interpreter (its bf16 dot returns garbage, Triton
+    # 3.6-3.9): the same bf16 values, multiplied exactly as the tensor cores multiply them.
+    dot_dtype = _TL_DTYPES[torch.float32] if interpret and dots.narrow == torch.bfloat16 else narrow
+    precision = dict(DOT_PRECISION=dots.input_precision, NARROW=narrow, DOT_DTYPE=dot_dtype)
+    common = dict(SPLIT_F32=dots.split_f32, SPLIT_MODEL=dots.split_model, INTERPRETED=interpret, **precision)
 
     def stage(name, kernel, tiles, **constexprs):
         c = cfg[name]
@@ -367,7 +237,7 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
               HAS_DT_LIMIT=has_dt_limit, **common),
         stage("bmm_chunk", BMM_CHUNK, lambda b: (L // b["BLOCK_M"]) * (L // b["BLOCK_N"]),
-              G=G, N=N, CHUNK_SIZE=L, DOT_PRECISION=precision, DOT_DTYPE=dot_dtype),
+              G=G, N=N, CHUNK_SIZE=L, SPLIT_MODEL=dots.split_model, **precision),
         stage("state_passing", STATE_PASSING, lambda b: triton.cdiv(P * N, b["BLOCK"]),
               H=H, DIM=P * N, CHUNK_SIZE=L, HAS_INITSTATES=has_init),
         stage("chunk_scan", CHUNK_SCAN, lambda b: triton.cdiv(L, b["BLOCK_M"]) * triton.cdiv(P, b["BLOCK_N"]),
@@ -390,25 +260,7 @@ def _launch(stage: _StagePlan, grid: tuple, args: tuple, device_index: Optional[
     _LAUNCHER.launch(stage.kernel, grid, args, stage.constexprs, key, stream)
 
 
-def _dot_dtype(dtype: torch.dtype, interpret: bool):
-    """What ``tl.dot`` multiplies in: the model dtype (a no-op cast), except bf16 under the
-    interpreter, whose bf16 dot returns garbage (Triton 3.6-3.9): there the same bf16 values
-    multiply in float32, exactly as the tensor cores multiply them."""
-    import triton.language as tl
-
-    if interpret and dtype == torch.bfloat16:
-        return tl.float32
-    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
-
-
-def _check_aligned(name: str, t: torch.Tensor) -> None:
-    offset = t.data_ptr() % ALIGNMENT
-    if offset:
-        raise ValueError(
-            f"{name}: expected a {ALIGNMENT}-byte aligned data pointer, got one {offset} bytes past alignment "
-            f"(a view at an offset, storage_offset={t.storage_offset()}); the kernels are compiled for aligned "
-            f"inputs, so this would compile a new binary at request time: pass a fresh tensor (.clone())"
-        )
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 def _check_metadata(metadata: tuple, nseqs: int, nchunks: int, chunk_size: int, total_tokens: int,

@@ -16,16 +16,38 @@ import torch
 
 STAGES = ("chunk_state", "bmm_chunk", "state_passing", "chunk_scan")
 
-# How ``tl.dot`` multiplies float32 operands in float32 models (16-bit models multiply their own
-# dtype on the tensor cores, with hi/lo pairs for float32 operands: this does not apply to them).
-# "tf32x3": three TF32 tensor-core products per dot (hi*hi + hi*lo + lo*hi), about float32
-# accuracy; "ieee": float32 FMAs on the CUDA cores (exact float32, many times slower); "tf32": one
-# TF32 product (10-bit mantissa: not float32 accuracy, for measurement only). Triton 3.2-3.9
-# accept all three, compiled (CUDA) and interpreted; the interpreter computes every one as a float32
-# matmul, so only a GPU shows what a choice costs in accuracy (tests/test_kernel_gpu.py,
+# How float32 models multiply in ``tl.dot`` (16-bit models multiply their own dtype on the tensor
+# cores, with hi/lo pairs for float32 operands: this does not apply to them).
+# "bf16x3" (default): each float32 operand split into a hi/lo pair of bf16 values, three bf16 tensor-core
+# products per dot (hi*hi + hi*lo + lo*hi, about 16 bits of mantissa), written out in the kernels
+# so it works on every Triton (3.9's own input_precision="bf16x3" is the same idea);
+# "tf32x3": three TF32 products per dot (Triton's input_precision, about float32 accuracy);
+# "ieee": float32 FMAs on the CUDA cores (exact float32, many times slower); "tf32": one TF32
+# product (10-bit mantissa: not float32 accuracy, for measurement only). Triton 3.2-3.9 accept all
+# four, compiled (CUDA) and interpreted; the interpreter computes every one as a float32 matmul of
+# the rounded pieces, so only a GPU shows what a choice costs (tests/test_kernel_gpu.py,
 # benchmarks/fp32_precision.py). AMD's backend takes neither tf32x3 nor (but on gfx94x) tf32: "ieee" there.
-FP32_DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
-_FP32_DOT_PRECISION = ["tf32x3"]
+FP32_DOT_PRECISIONS = ("bf16x3", "tf32x3", "ieee", "tf32")
+_FP32_DOT_PRECISION = ["bf16x3"]
+
+
+class DotPlan(NamedTuple):
+    """How a kernel's ``tl.dot`` calls multiply, for one model dtype (constexprs of every stage)."""
+
+    narrow: torch.dtype  # what each operand (or each piece of a hi/lo pair) is rounded to
+    split_f32: bool  # float32 operands (states, decay-scaled B and CB) enter as hi/lo pairs
+    split_model: bool  # the model's own operands (x, B, C) too: float32 models under bf16x3
+    input_precision: str  # tl.dot's input_precision: used by float32 operands only
+
+
+def dot_plan(dtype: torch.dtype, *, amd: bool = False) -> DotPlan:
+    """The :class:`DotPlan` of a model ``dtype``; ``amd``: for Triton's AMD backend."""
+    if dtype != torch.float32:
+        return DotPlan(dtype, True, False, "tf32")
+    precision = fp32_dot_precision(amd=amd)
+    if precision == "bf16x3":
+        return DotPlan(torch.bfloat16, True, True, "tf32")
+    return DotPlan(torch.float32, False, False, precision)
 
 
 class LayerDims(NamedTuple):
@@ -57,17 +79,22 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 
 def default_configs(dims: LayerDims) -> dict:
-    """One :class:`LaunchConfig` per stage for ``dims``."""
+    """One :class:`LaunchConfig` per stage for ``dims``.
+
+    Float32 models (bf16x3: every operand a hi/lo pair) hold twice the operand registers of a
+    16-bit model's tile: smaller dstate and token blocks win there (H200, docs/kernel.md).
+    """
     L, P, N = dims.chunk_size, _pow2(dims.head_dim), _pow2(dims.dstate)
+    fp32 = dims.dtype == torch.float32
     return {
-        "chunk_state": LaunchConfig({"BLOCK_M": min(64, P), "BLOCK_N": min(128, N), "BLOCK_K": min(32, L)},
-                                    num_warps=4, num_stages=3),
+        "chunk_state": LaunchConfig({"BLOCK_M": min(64, P), "BLOCK_N": min(128, N),
+                                     "BLOCK_K": min(16 if fp32 else 32, L)}, num_warps=4, num_stages=3),
         "bmm_chunk": LaunchConfig({"BLOCK_M": min(64, L), "BLOCK_N": min(64, L), "BLOCK_K": min(64, N)},
                                   num_warps=4, num_stages=2),
         "state_passing": LaunchConfig({"BLOCK": min(1024, _pow2(dims.head_dim * dims.dstate))}, num_warps=4,
                                       num_stages=1),
         "chunk_scan": LaunchConfig({"BLOCK_M": min(64, L), "BLOCK_N": min(64, P), "BLOCK_K": min(32, L),
-                                    "BLOCK_DSTATE": min(128, N)}, num_warps=4, num_stages=1),
+                                    "BLOCK_DSTATE": min(32 if fp32 else 128, N)}, num_warps=4, num_stages=1),
     }
 
 
