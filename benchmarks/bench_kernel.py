@@ -1,6 +1,10 @@
 """Benchmark the bundled SSD kernel: steady state, first request after warmup, warmup cost.
 
     python benchmarks/bench_kernel.py RESULT.json [--scenarios cold,disk_cache,no_warmup,rerun] [--repeat N] [--sweep]
+    python benchmarks/bench_kernel.py RESULT.json --baseline SAVED.json [--tolerance 0.10]   # the regression guard
+    python benchmarks/bench_kernel.py --check-only NOW.json --baseline SAVED.json             # two saved runs
+    python benchmarks/bench_kernel.py RESULT.json --scenarios cold --trace TRACE.json         # profiling
+    nsys profile python benchmarks/bench_kernel.py --profile-calls 50                          # profiling
 
 Workload (the anchors'): a Mamba2-2.7B-like layer, 80 heads x 64, dstate 128, 1 group, chunk 256,
 bf16 inputs, fp32 states; one request = 4 sequences of 1000/2048/517/3000 tokens. Without CUDA a
@@ -26,26 +30,38 @@ control times a bf16 5120^3 product the same two ways, so what an idle GPU costs
 is on the same line. "loop" times calls issued back to back with CUDA events (rotating
 inputs, no cache flush): a serving loop's view.
 ``--sweep`` times candidate launch configs per stage (one process) to pick ``kernels/configs.py``.
+
+Profiling: ``--trace TRACE.json`` writes the Chrome trace (chrome://tracing, Perfetto) of the
+20 warm calls ``cold`` profiles for its per-kernel device times (first round only).
+``--profile-calls N`` measures nothing: in this process, the warmup then N calls on the
+workload, for an external profiler (``nsys profile``, ``ncu --kernel-name regex:_chunk``).
+
+``--baseline SAVED.json``: the regression guard. Per warmed scenario (``cold``, ``disk_cache``,
+``rerun``; the median over ``--repeat`` rounds) the warmup s and JIT misses, the first request
+ms, its ratio to the do_bench steady state, its compiles and autotune benchmarks, and the
+steady ms are compared with the saved run's; a rise of more than ``--tolerance`` (default 10%),
+a baseline from another device or a scenario the baseline has and this run lacks fails the run
+(benchmarks/README.md).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 
-LAYER = dict(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256)
-REQUEST = [1000, 2048, 517, 3000]
+import harness
+import regression_guard
+from workload import LAYER, MAX_NUM_TOKENS, REQUEST, call_sets, do_bench_ms, kernel_device_ms, rotating
+
 SMOKE_LAYER = dict(nheads=4, head_dim=16, n_groups=1, ssm_state_size=16, chunk_size=16)
 SMOKE_REQUEST = [10, 33, 1]
 SCENARIOS = ("cold", "disk_cache", "no_warmup", "rerun")
-MAX_NUM_TOKENS = 8192  # the engine's largest batch, given to the warmup (vLLM: max_num_batched_tokens)
+WARMED = ("cold", "disk_cache", "rerun")  # the scenarios with a warmup: the regression guard's entries
 
 
 # --------------------------------------------------------------------------------------
@@ -71,29 +87,7 @@ def _sync(torch, device):
 
 
 def _inputs(layer, request, device, with_init, n_sets=1, seed=0):
-    import torch
-
-    from pytest_ssd.layer import make_ssd_inputs
-
-    sets = []
-    for i in range(n_sets):
-        inp = make_ssd_inputs(layer, request, seed=seed + i, with_initial_states=with_init, device=device)
-        sets.append((inp.kernel_kwargs(layer), torch.empty_like(inp.x)))
-    return sets
-
-
-def _rotating_call(sets: list):
-    """A callable that runs the kernel on the next of ``sets`` (``(kwargs, out)`` pairs) each time."""
-    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
-
-    state = {"i": 0}
-
-    def call():
-        kwargs, out = sets[state["i"] % len(sets)]
-        state["i"] += 1
-        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-
-    return call
+    return call_sets(layer, request, n=n_sets, seed=seed, with_initial_states=with_init, device=device)
 
 
 def _first_request(torch, device, prepared, since: float):
@@ -134,15 +128,13 @@ def _free_device_memory(torch, device) -> int:
 
 
 def _steady(layer, request, device, with_init):
-    import triton
-
-    call = _rotating_call(_inputs(layer, request, device, with_init, n_sets=4, seed=2000))
+    call = rotating(_inputs(layer, request, device, with_init, n_sets=4, seed=2000))
     if device != "cuda":
         call()
         start = time.perf_counter()
         call()
         return {"median_ms": round((time.perf_counter() - start) * 1e3, 3), "timer": "host (smoke test)"}
-    ms = triton.testing.do_bench(call, warmup=50, rep=500, quantiles=[0.2, 0.5, 0.8])
+    ms = do_bench_ms(call)
     return {"median_ms": round(ms[1], 4), "p20_ms": round(ms[0], 4), "p80_ms": round(ms[2], 4),
             "timer": "triton.testing.do_bench (CUDA events), 4 rotating input sets"}
 
@@ -150,8 +142,6 @@ def _steady(layer, request, device, with_init):
 def _loop(torch, layer, request, device, with_init) -> dict:
     """Per-call time of calls issued back to back (a serving loop): CUDA events around 40 calls
     rotating 4 input sets (no cache flush in between, unlike do_bench); median of 10 loops."""
-    import statistics
-
     if device != "cuda":
         return {}
     from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
@@ -179,8 +169,6 @@ def _isolated(torch, layer, request, device, with_init, n: int, idle_s: float = 
     ``idle_s`` > 0 sleeps before each call, as a request arriving at an idle GPU would find it
     (clocks down): the fair comparison for the first request after a warmup.
     """
-    import statistics
-
     from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
 
     sets = _inputs(layer, request, device, with_init, n_sets=4, seed=6000)
@@ -198,29 +186,17 @@ def _isolated(torch, layer, request, device, with_init, n: int, idle_s: float = 
             "max_ms": round(max(times), 4), "n": n, "idle_s_before_each": idle_s}
 
 
-def _per_kernel(torch, layer, request, device):
-    """Device time per kernel (torch.profiler), and the host cost of the metadata check."""
+def _per_kernel(torch, layer, request, device, trace=None):
+    """Device time per kernel (torch.profiler; ``trace``: also a Chrome trace of the profiled
+    calls), and the host cost of the metadata check."""
     if device != "cuda":
         return {}
     from pytest_ssd.chunking import METADATA_NAMES
-    from pytest_ssd.kernels import combined, mamba_chunk_scan_combined_varlen
+    from pytest_ssd.kernels import combined
 
-    (kwargs, out), = _inputs(layer, request, device, False, seed=3000)
-    for _ in range(3):
-        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-    reps = 20
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(reps):
-            mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-        torch.cuda.synchronize()
-    if os.environ.get("BENCH_TRACE"):
-        prof.export_chrome_trace(os.environ["BENCH_TRACE"])
-    kernels = {}
-    for e in prof.key_averages():
-        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if total and e.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[e.key] = round(total / reps / 1e3, 4)  # ms per call
+    sets = _inputs(layer, request, device, False, seed=3000)
+    kernels = kernel_device_ms(rotating(sets), reps=20, trace=trace)
+    kwargs = sets[0][0]
     meta = [kwargs[k] for k in METADATA_NAMES]
     T, S, C = kwargs["x"].shape[0], meta[0].numel() - 1, meta[2].numel()
     torch.cuda.synchronize()
@@ -235,8 +211,6 @@ def _per_kernel(torch, layer, request, device):
 def _matmul_control(torch, device) -> dict:
     """A bf16 5120^3 matrix product (about the kernel's device time) timed like a request: after
     the GPU sat idle 0.25 s, and back to back. What the device's idle state costs any kernel."""
-    import statistics
-
     if device != "cuda":
         return {}
     a, b = (torch.randn(5120, 5120, device=device, dtype=torch.bfloat16) for _ in range(2))
@@ -256,7 +230,7 @@ def _matmul_control(torch, device) -> dict:
             "timer": "host wall clock around a synchronized torch.mm"}
 
 
-def run_scenario(name: str) -> dict:
+def run_scenario(name: str, trace=None) -> dict:
     torch, layer, device, request = _setup()
     from pytest_ssd.events import record_triton
     from pytest_ssd.warmup import warmup_ssd_kernels
@@ -292,7 +266,7 @@ def run_scenario(name: str) -> dict:
     result["isolated_initial_states"] = _isolated(torch, layer, request, device, with_init=True, n=40)
     result["matmul_control"] = _matmul_control(torch, device)
     if name == "cold":
-        result.update(_per_kernel(torch, layer, request, device))
+        result.update(_per_kernel(torch, layer, request, device, trace))
     return result
 
 
@@ -339,26 +313,12 @@ KERNEL_OF_STAGE = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_st
                    "bmm_chunk": "_bmm_chunk_kernel", "state_passing": "_state_passing_kernel"}
 
 
-def _stage_device_ms(torch, call, kernel: str, reps: int = 10) -> float:
-    """Mean device time of one kernel per call (torch.profiler): far less noisy than the whole call."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            call()
-        torch.cuda.synchronize()
-    for e in prof.key_averages():
-        if e.key == kernel:
-            return (getattr(e, "device_time_total", None) or e.cuda_time_total) / reps / 1e3
-    return float("nan")
-
-
 def run_sweep() -> dict:
     torch, layer, device, request = _setup()
-    import triton
-
     from pytest_ssd.kernels import configs, mamba_chunk_scan_combined_varlen
 
     sets = _inputs(layer, request, device, False, n_sets=4, seed=4000)
-    call = _rotating_call(sets)
+    call = rotating(sets)
     kwargs0, out0 = sets[0]
     mamba_chunk_scan_combined_varlen(out=out0, **kwargs0)
     reference = out0.float().clone()
@@ -377,8 +337,9 @@ def run_sweep() -> dict:
                 mamba_chunk_scan_combined_varlen(out=out0, **kwargs0)
                 diff = float((out0.float() - reference).abs().max())
                 if device == "cuda":
-                    ms = triton.testing.do_bench(call, warmup=25, rep=200, quantiles=[0.2, 0.5, 0.8])
-                    stage_ms = _stage_device_ms(torch, call, KERNEL_OF_STAGE[stage])
+                    ms = do_bench_ms(call, warmup=25, rep=200)
+                    # one kernel's device time: far less noisy than the whole call
+                    stage_ms = kernel_device_ms(call).get(KERNEL_OF_STAGE[stage], float("nan"))
                 else:
                     ms, stage_ms = [0.0, 0.0, 0.0], 0.0
             rows.append({"stage": stage, "config": repr(cfg), "stage_device_ms": round(stage_ms, 4),
@@ -394,36 +355,36 @@ def run_sweep() -> dict:
 # Parent side: fresh subprocesses, table, JSON.
 # --------------------------------------------------------------------------------------
 
-def _child(kind: str, env: dict, timeout: int) -> dict:
-    fd, path = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-result", path]
+def _child(kind: str, cache_dir: str, timeout: int, trace=None) -> dict:
+    """One scenario in a fresh process on ``cache_dir`` (with persisted autotune results)."""
+    args = ["--child", kind] + (["--trace", trace] if trace and kind == "cold" else [])
     try:
-        proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-        sys.stdout.write(proc.stdout[-4000:])
-        if proc.returncode != 0:
-            return {"scenario": kind, "error": f"exit {proc.returncode}", "output": proc.stdout[-2000:]}
-        with open(path) as f:
-            return json.load(f)
-    except subprocess.TimeoutExpired:  # the rounds before it still count
-        return {"scenario": kind, "error": f"timed out after {timeout}s"}
-    finally:
-        os.unlink(path)
+        return harness.run_fresh(__file__, args, cache_dir=cache_dir, env={"TRITON_CACHE_AUTOTUNING": "1"},
+                                 timeout=timeout, echo=True)
+    except harness.ChildFailed as failure:  # the rounds before it still count
+        return {"scenario": kind, "error": failure.reason, "output": failure.output}
 
 
-def _environment() -> dict:
-    import torch
-    import triton
-
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "python": platform.python_version(),
-           "torch": torch.__version__, "triton": triton.__version__}
-    if torch.cuda.is_available():
-        env["device"] = torch.cuda.get_device_name()
-    else:
-        env["device"] = "cpu (interpreter smoke test, tiny layer; not a measurement)"
-    return env
+def guard_rows(report: dict) -> list:
+    """The regression guard's rows (``regression_guard``): per warmed scenario, the median over
+    rounds of its warmup (s, JIT misses), first request (ms, over do_bench steady, compiles and
+    autotune benchmarks) and do_bench steady state, without initial states."""
+    results = regression_guard.measured(report, "results", "bench_kernel.py")
+    # the layer tells the dtype: bf16 on a GPU, the smoke test's tiny layer in float32
+    device, dtype = report["environment"]["device"], "bfloat16" if report["layer"] == LAYER else "float32"
+    rows = []
+    for scenario in WARMED:
+        runs = [r for r in results if r.get("scenario") == scenario and "error" not in r]
+        if not runs:
+            continue
+        figures = [{"warmup_s": r["warmup"]["seconds"], "warmup_binaries": r["warmup"]["jit_misses"],
+                    "first_ms": r["first_request"]["wall_ms"],
+                    "first_ratio": r["first_request"]["wall_ms"] / r["steady"]["median_ms"],
+                    "first_events": r["first_request"]["compiles"] + r["first_request"]["autotune_benchmarks"],
+                    "steady_ms": r["steady"]["median_ms"]} for r in runs]
+        rows.append({"name": scenario, "dtype": dtype, "device": device,
+                     **{k: round(statistics.median(f[k] for f in figures), 4) for k in figures[0]}})
+    return rows
 
 
 def _table(results: list) -> str:
@@ -456,8 +417,6 @@ def _first_request_summary(results: list) -> str:
     """The target's ratio over every process that warmed up: its first request (no initial
     states) over do_bench's steady state, and over a warm call timed the same way; the first
     request with initial states (the third call after the warmup) on a line of its own."""
-    import statistics
-
     warmed = [r for r in results if "warmup" in r and "error" not in r]
     if not warmed:
         return "first request after warmup: no warmed process"
@@ -476,27 +435,29 @@ def _first_request_summary(results: list) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.parser(__doc__)
     parser.add_argument("result", nargs="?", help="write the JSON results here")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     parser.add_argument("--sweep", action="store_true", help="also time candidate launch configs per stage")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per subprocess")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the scenarios this many times (a first request is one sample per process)")
-    parser.add_argument("--profile-calls", type=int, default=0,
-                        help="only run warmup and this many calls, in this process (under ncu or nsys)")
+    profiling = parser.add_argument_group("profiling (benchmarks/README.md)")
+    profiling.add_argument("--profile-calls", type=int, default=0, metavar="N",
+                           help="only run the warmup and N calls, in this process (under nsys or ncu)")
+    profiling.add_argument("--trace", metavar="TRACE.json",
+                           help="write a Chrome trace of cold's per-kernel profile (20 warm calls)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--child-result", help=argparse.SUPPRESS)
+    regression_guard.add_arguments(parser)
     args = parser.parse_args()
 
     if args.profile_calls:
         run_calls(args.profile_calls)
         return
     if args.child:
-        result = run_sweep() if args.child == "sweep" else run_scenario(args.child)
-        with open(args.child_result, "w") as f:
-            json.dump(result, f)
+        harness.send_to_parent(run_sweep() if args.child == "sweep" else run_scenario(args.child, args.trace))
         return
+    baseline = regression_guard.baseline_rows(parser, args, guard_rows, harness.load_result)
     if not args.result:
         parser.error("the JSON result path is required")
     if args.repeat < 1:
@@ -507,29 +468,29 @@ def main() -> None:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
 
     root = tempfile.mkdtemp(prefix="ssd-bench-")
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_CACHE")}
-    base_env["TRITON_CACHE_AUTOTUNING"] = "1"
     dirs = {"cold": "shared", "disk_cache": "shared", "no_warmup": "no_warmup", "rerun": "rerun", "sweep": "sweep"}
     results = []
     order = (["sweep"] if args.sweep else []) + [s for s in SCENARIOS if s in scenarios]
     for round_ in range(1, args.repeat + 1):  # each round in fresh cache dirs: cold is cold again
         for kind in order if round_ == 1 else [k for k in order if k != "sweep"]:
-            env = dict(base_env, TRITON_CACHE_DIR=os.path.join(root, f"round{round_}", dirs[kind]))
+            cache_dir = os.path.join(root, f"round{round_}", dirs[kind])
             if kind == "disk_cache" and "cold" not in scenarios:
                 print("disk_cache needs cold first (it reuses cold's cache dir); skipped")
                 continue
-            print(f"--- {kind}, round {round_} (TRITON_CACHE_DIR={env['TRITON_CACHE_DIR']})", flush=True)
-            results.append(dict(_child(kind, env, args.timeout), round=round_))
+            print(f"--- {kind}, round {round_} (TRITON_CACHE_DIR={cache_dir})", flush=True)
+            results.append(dict(_child(kind, cache_dir, args.timeout, args.trace if round_ == 1 else None),
+                                round=round_))
     shutil.rmtree(root, ignore_errors=True)
-    environment = _environment()
-    smoke = environment["device"].startswith("cpu")  # the children ran the tiny layer
-    report = {"environment": environment, "layer": SMOKE_LAYER if smoke else LAYER,
-              "request": SMOKE_REQUEST if smoke else REQUEST, "results": results}
-    with open(args.result, "w") as f:
-        json.dump(report, f, indent=2)
+    smoke = not harness.cuda_available()  # the children ran the tiny layer under the interpreter
+    body = {"layer": SMOKE_LAYER if smoke else LAYER, "request": SMOKE_REQUEST if smoke else REQUEST,
+            "results": results}
+    if smoke:
+        body["note"] = "interpreter smoke test of this script on a tiny layer: not a measurement"
+    report = harness.write_result(args.result, body)
     print(json.dumps(report["environment"]))
     print(_table([r for r in results if r.get("scenario") in SCENARIOS]))
     print(_first_request_summary(results))
+    guard_ok = regression_guard.check(guard_rows(report), baseline, args) if baseline is not None else True
     failed = [r["scenario"] for r in results if "error" in r]
     if failed:
         sys.exit(f"failed scenarios: {failed}")
@@ -538,6 +499,8 @@ def main() -> None:
                                                      for k in ("first_request", "first_request_initial_states"))]
     if cold:  # the regression this benchmark exists to catch
         sys.exit(f"a first request after the warmup compiled or autotuned: {cold}")
+    if not guard_ok:
+        sys.exit("a figure slipped against the baseline, or was not compared (see the guard's report above)")
 
 
 if __name__ == "__main__":

@@ -17,17 +17,12 @@ then with initial states.
 from __future__ import annotations
 
 import argparse
-import datetime
 import inspect
-import json
-import os
-import shlex
-import subprocess
 import sys
 import tempfile
 
-REQUEST = [1000, 2048, 517, 3000]
-MAX_NUM_TOKENS = 8192  # the engine's largest batch, for a warmup that takes max_num_tokens
+import harness
+from workload import LAYER, MAX_NUM_TOKENS, REQUEST
 
 
 def child(kernel_spec: str, warmup_spec: str, scenario: str) -> dict:
@@ -41,11 +36,10 @@ def child(kernel_spec: str, warmup_spec: str, scenario: str) -> dict:
     from pytest_ssd.latency import measure_latency
     from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
     from pytest_ssd.options import load_callable
-    from pytest_ssd.suite.cases import COVERAGE_LAYER
 
     fn = load_callable(kernel_spec, "--kernel")
     kernel = SSDKernel(fn=fn, api=detect_api(fn) or "vllm", name=kernel_spec)
-    layer = make_mixer2_layer(**COVERAGE_LAYER, dtype=torch.bfloat16, state_dtype=torch.float32, seed=0,
+    layer = make_mixer2_layer(**LAYER, dtype=torch.bfloat16, state_dtype=torch.float32, seed=0,
                               device="cuda")
     result: dict = {"scenario": scenario, "kernel": kernel_spec, "warmup": warmup_spec}
     # The requests are drawn before the warmup, so the first one follows it at once: drawing
@@ -82,18 +76,13 @@ def child(kernel_spec: str, warmup_spec: str, scenario: str) -> dict:
 
 
 def run_child(kernel: str, warmup: str, scenario: str, cache_dir: str, persist: bool, timeout: int) -> dict:
-    env = dict(os.environ, TRITON_CACHE_DIR=cache_dir, PYTHONUNBUFFERED="1")
-    env.pop("TRITON_CACHE_AUTOTUNING", None)
-    if persist:
-        env["TRITON_CACHE_AUTOTUNING"] = "1"
-    cmd = [sys.executable, __file__, "--child", scenario, "--kernel", kernel, "--warmup", warmup]
+    """One scenario in a fresh process on ``cache_dir``; ``persist``: with TRITON_CACHE_AUTOTUNING=1."""
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"scenario": scenario, "kernel": kernel, "error": f"timed out after {timeout}s"}
-    if proc.returncode != 0:
-        return {"scenario": scenario, "kernel": kernel, "error": proc.stderr[-3000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return harness.run_fresh(__file__, ["--child", scenario, "--kernel", kernel, "--warmup", warmup],
+                                 cache_dir=cache_dir, env={"TRITON_CACHE_AUTOTUNING": "1"} if persist else {},
+                                 timeout=timeout)
+    except harness.ChildFailed as failure:
+        return {"scenario": scenario, "kernel": kernel, "error": failure.reason, "output": failure.output}
 
 
 def table(results: list) -> str:
@@ -103,7 +92,7 @@ def table(results: list) -> str:
     for r in results:
         name = r["kernel"].split(":")[-1][:28]
         if "error" in r:
-            rows.append(f"{name:<28} {r['scenario']:<10} ERROR {r['error'].splitlines()[-1][:80] if r['error'] else ''}")
+            rows.append(f"{name:<28} {r['scenario']:<10} ERROR {r['error'][:80]}")
             continue
         warm = f"{r['warmup_s']:8.2f}" if "warmup_s" in r else f"{'-':>8}"
         comp = (f"{r['warmup_compiles']:>4}({r['warmup_compiles_from_disk']}d)" if "warmup_compiles" in r
@@ -157,7 +146,7 @@ def plot(results: list, path: str, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("out", nargs="?", help="write the JSON results here")
     parser.add_argument("--kernel", action="append", help="module:callable of an SSD entry point (repeatable)")
     parser.add_argument("--warmup", action="append", help="module:callable of its warmup (one per --kernel)")
@@ -172,11 +161,10 @@ def main() -> None:
     if args.rounds < 1:
         parser.error(f"--rounds: expected a positive count, got {args.rounds}")
     if args.child:
-        print(json.dumps(child(args.kernel[0], args.warmup[0], args.child)))
+        harness.send_to_parent(child(args.kernel[0], args.warmup[0], args.child))
         return
     if args.from_json:
-        with open(args.from_json) as fh:
-            data = json.load(fh)
+        data = harness.load_result(args.from_json)
     else:
         from pytest_ssd.options import DEFAULT_KERNEL, DEFAULT_WARMUP
 
@@ -184,9 +172,8 @@ def main() -> None:
         warmups = args.warmup or [DEFAULT_WARMUP]
         if len(kernels) != len(warmups):
             parser.error(f"--kernel given {len(kernels)} times but --warmup {len(warmups)}: give one warmup per kernel")
-        import torch
-        import triton
-
+        if harness.skip_without_cuda(args.out, "this benchmark times first requests on a GPU"):
+            return
         results = []
         for kernel, warmup in zip(kernels, warmups):
             with tempfile.TemporaryDirectory() as cold:
@@ -196,14 +183,9 @@ def main() -> None:
                     for scenario in ("warmup", "persisted"):
                         results.append(dict(run_child(kernel, warmup, scenario, shared, True, args.timeout),
                                             round=round_))
-        data = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-                "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
-                "request": REQUEST, "results": results}
-        if args.out:
-            with open(args.out, "w") as fh:
-                json.dump(data, fh, indent=2)
-    print(f"{data['device']}, torch {data['torch']}, triton {data['triton']}, {data['date']}")
+        data = harness.write_result(args.out, {"request": REQUEST, "results": results})
+    env = data.get("environment", data)  # files before the header kept these keys at the top
+    print(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, {env['date']}")
     print(table(data["results"]))
     print(ratio_summary(data["results"]))
     failed = [r["scenario"] for r in data["results"] if "error" in r]
@@ -215,7 +197,7 @@ def main() -> None:
         sys.exit(f"a first request after the warmup compiled or autotuned: {cold}")
     if args.plot:  # one bar group per scenario: the first round's
         plot([r for r in data["results"] if r.get("round", 1) == 1], args.plot,
-             f"first request after each scenario, {data['device']}, triton {data['triton']}")
+             f"first request after each scenario, {env['device']}, triton {env['triton']}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Our kernel beside peer SSD kernels, each in a fresh process with an empty Triton cache.
 
     python benchmarks/bench_peers.py RESULT.json [--kernel NAME=MODULE:FN@WARMUP_MODULE:FN ...] [--dtypes bf16,fp16,fp32]
+    python benchmarks/bench_peers.py RESULT.json --baseline benchmarks/results/h200_bench_peers.json [--tolerance 0.10]
+    python benchmarks/bench_peers.py --check-only NOW.json --baseline BASE.json   # compare two saved runs
     python benchmarks/bench_peers.py --from RESULT.json --plot PNG      # a chart of a saved run
 
 Per kernel and model dtype (the anchors' layer: 80 heads x 64, dstate 128, 1 group, chunk 256,
@@ -9,25 +11,30 @@ request after it (wall ms around one synchronized call, compiles), and the stead
 (``triton.testing.do_bench`` median over 4 rotating input sets). Peers are given by import path:
 copy them from an installed release with ``benchmarks/peers/copy_ops.sh`` and put ``.peers/ops``
 on PYTHONPATH (never commit them). Default: the bundled kernel, and vLLM's ops where importable.
+
+``--baseline``: the regression guard. After measuring (and writing RESULT.json), each figure of
+the bundled kernel (warmup s, binaries and autotune keys, first request ms and its ratio to the
+steady state, events after warmup, steady ms) is compared with the baseline's entry of the same
+dtype and device; the run fails when one rises more than ``--tolerance``, or when the baseline
+is from another device (unless ``--baseline-any-device``) or has an entry this run lacks.
+Without CUDA it prints why and writes ``{"skipped": ...}`` (and fails when a baseline was given).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
+import harness
+import regression_guard
+from workload import LAYER, REQUEST, do_bench_ms, rotating
 
-LAYER = dict(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256)
-REQUEST = [1000, 2048, 517, 3000]
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DEFAULT_KERNELS = (
     "bundled=pytest_ssd.kernels:mamba_chunk_scan_combined_varlen@pytest_ssd.warmup:warmup_ssd_kernels",
     "vllm=vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen@peer_warmups:warm_like_vllm",
 )
+GUARDED = "bundled"  # the kernel --baseline holds to its figures; a peer's are its own business
+GUARDED_FIGURES = ("warmup_s", "warmup_binaries", "warmup_autotune_keys", "first_ms", "first_events", "steady_ms")
 
 
 def _child(kernel: str, warmup: str, dtype: str) -> dict:
@@ -55,12 +62,7 @@ def _child(kernel: str, warmup: str, dtype: str) -> dict:
         ssd.run(layer, *sets[0])
         torch.cuda.synchronize()
         first_ms = (time.perf_counter() - start) * 1e3
-    rotation = itertools.cycle(sets)
-
-    def call() -> None:
-        ssd.run(layer, *next(rotation))
-
-    steady_ms = triton.testing.do_bench(call, warmup=100, rep=500, return_mode="median")
+    _, steady_ms, _ = do_bench_ms(rotating(sets, lambda inputs, out: ssd.run(layer, inputs, out)))
     return {"kernel": kernel, "dtype": dtype, "warmup_s": round(warmup_s, 2), "warmup_binaries": len(warm.binaries()),
             "warmup_autotune_keys": len(warm.autotune_keys()), "first_ms": round(first_ms, 3),
             "first_events": len(first.events), "steady_ms": round(steady_ms, 4),
@@ -90,60 +92,77 @@ def plot(saved: dict, path: str) -> None:
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     first = rows[0]
-    fig.suptitle(f"{first['gpu']}, torch {first['torch']}, Triton {first['triton']}, {saved['date']}: "
+    date = saved["environment"]["date"] if "environment" in saved else saved["date"]  # files before the header
+    fig.suptitle(f"{first['gpu']}, torch {first['torch']}, Triton {first['triton']}, {date[:10]}: "
                  f"80 heads x 64, dstate 128, chunk 256, request {'/'.join(map(str, saved['request']))}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def guard_rows(report: dict) -> list:
+    """The regression guard's rows (``regression_guard``): the bundled kernel's measured rows, with
+    the first request over the steady state as a figure of its own (the target's ratio)."""
+    return [{"name": r["name"], "dtype": r["dtype"], "device": r["gpu"], **{k: r[k] for k in GUARDED_FIGURES},
+             "first_ratio": round(r["first_ms"] / r["steady_ms"], 3)}
+            for r in regression_guard.measured(report, "rows", "bench_peers.py")
+            if r["name"] == GUARDED and "failed" not in r]
+
+
+def _guard(report: dict, baseline: list, args: argparse.Namespace, dtypes: set) -> bool:
+    """Compare ``report`` with the ``baseline``'s rows, of those only the ``dtypes`` measured."""
+    left_out = sorted({r["dtype"] for r in baseline} - dtypes)
+    if left_out:
+        print(f"regression guard: the baseline's {left_out} left out (not in --dtypes)")
+    return regression_guard.check(guard_rows(report), [r for r in baseline if r["dtype"] in dtypes], args)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("result", nargs="?")
+    parser = harness.parser(__doc__)
+    parser.add_argument("result", nargs="?", help="write the JSON result here")
     parser.add_argument("--kernel", action="append", help="NAME=MODULE:FN@WARMUP_MODULE:FN (repeatable)")
-    parser.add_argument("--dtypes", default="bf16,fp16,fp32")
-    parser.add_argument("--timeout", type=int, default=300)
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated subset of {list(DTYPES)}")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per child process")
     parser.add_argument("--from", dest="from_json", help="plot a saved RESULT.json instead of running")
     parser.add_argument("--plot", help="write a PNG chart (with --from)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    regression_guard.add_arguments(parser)
     args = parser.parse_args()
+    if args.child:
+        harness.send_to_parent(_child(*args.child))
+        return
     if args.from_json:
-        with open(args.from_json) as fh:
-            saved = json.load(fh)
         if not args.plot:
             parser.error("--from needs --plot PNG")
-        plot(saved, args.plot)
+        plot(harness.load_result(args.from_json), args.plot)
         return
-    if args.child:
-        print(json.dumps(_child(*args.child)))
-        return
+    baseline = regression_guard.baseline_rows(parser, args, guard_rows, harness.load_result)
+    shorts = [d for d in args.dtypes.split(",") if d]
+    unknown = [d for d in shorts if d not in DTYPES]
+    if unknown or not shorts:
+        parser.error(f"--dtypes: expected a comma-separated subset of {list(DTYPES)}, got {args.dtypes!r}")
+    if harness.skip_without_cuda(args.result, "this benchmark times compiled kernels on a GPU"):
+        sys.exit("regression guard: not compared: nothing was measured" if baseline is not None else 0)
     rows, failed = [], 0
     for entry in args.kernel or DEFAULT_KERNELS:
         name, _, spec = entry.partition("=")
         kernel, _, warmup = spec.partition("@")
-        for short in args.dtypes.split(","):
-            env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="bench-peers-"))
+        for short in shorts:
             try:
-                proc = subprocess.run([sys.executable, __file__, "--child", kernel, warmup, DTYPES[short]], env=env,
-                                      capture_output=True, text=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                proc = None
-            if proc is None or proc.returncode != 0:
+                row = {"name": name, **harness.run_fresh(__file__, ["--child", kernel, warmup, DTYPES[short]],
+                                                         timeout=args.timeout)}
+            except harness.ChildFailed as failure:
                 failed += 1
-                why = "timed out" if proc is None else proc.stderr.strip().splitlines()[-1:]
-                print(f"{name} {short}: FAILED {why}", flush=True)
-                rows.append({"name": name, "dtype": short, "failed": str(why)})
+                print(f"{name} {short}: FAILED {failure.reason}", flush=True)
+                rows.append({"name": name, "dtype": DTYPES[short], "kernel": kernel, "failed": failure.reason})
                 continue
-            row = {"name": name, "dtype": short, **json.loads(proc.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(f"{name:8} {short}: warmup {row['warmup_s']:6.1f}s {row['warmup_binaries']:3d} binaries | first "
-                  f"{row['first_ms']:8.2f} ms ({row['first_events']} events) | steady {row['steady_ms']:.3f} ms",
-                  flush=True)
-    if args.result:
-        with open(args.result, "w") as fh:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "layer": LAYER, "request": REQUEST, "rows": rows}, fh,
-                      indent=1)
-    sys.exit(1 if failed else 0)
+                  f"{row['first_ms']:8.2f} ms ({row['first_ms'] / row['steady_ms']:.2f}x steady, "
+                  f"{row['first_events']} events) | steady {row['steady_ms']:.3f} ms", flush=True)
+    report = harness.write_result(args.result, {"layer": LAYER, "request": REQUEST, "rows": rows})
+    guard_ok = _guard(report, baseline, args, {DTYPES[s] for s in shorts}) if baseline is not None else True
+    sys.exit(0 if guard_ok and not failed else 1)
 
 
 if __name__ == "__main__":

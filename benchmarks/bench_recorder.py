@@ -7,18 +7,19 @@
    on the GPU and in a fresh process in compile-only mode for cuda:90; the sets of binary and
    autotune-key identities must be equal.
 
-    python benchmarks/bench_recorder.py OUT.json
+    python benchmarks/bench_recorder.py OUT.json [--timeout S]
+
+Without CUDA it prints why and writes ``{"skipped": ...}``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+
+import harness
 
 
 def launch_overhead(rounds: int = 7, launches: int = 20000) -> dict:
@@ -91,15 +92,14 @@ def record_workload(mode: str) -> dict:
             "describe": {k: e.describe() for k, e in {**warm.binaries(), **warm.autotune_keys()}.items()}}
 
 
-def prediction() -> dict:
+def prediction(timeout: int) -> dict:
+    """The warmup's binaries and autotune keys on the GPU and compile-only, a fresh process each."""
     results = {}
     for mode in ("gpu", "compile-only"):
-        with tempfile.TemporaryDirectory() as cache:
-            env = dict(os.environ, TRITON_CACHE_DIR=cache)
-            proc = subprocess.run([sys.executable, __file__, "--child", mode], env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-4000:]}")
-            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        try:
+            results[mode] = harness.run_fresh(__file__, ["--child", mode], timeout=timeout)
+        except harness.ChildFailed as failure:
+            sys.exit(f"the {mode} child failed: {failure.reason}\n{failure.output}")
     gpu, cpu = results["gpu"], results["compile-only"]
     only_gpu = sorted(set(gpu["warmup_binaries"] + gpu["warmup_autotune_keys"])
                       - set(cpu["warmup_binaries"] + cpu["warmup_autotune_keys"]))
@@ -115,19 +115,19 @@ def prediction() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("out", nargs="?", help="write the JSON result here")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per child process")
     parser.add_argument("--child", choices=("gpu", "compile-only"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(record_workload(args.child)))
+        harness.send_to_parent(record_workload(args.child))
         return
-    result = {"launch_overhead": launch_overhead(), "compile_only_prediction": prediction()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text)
+    if harness.skip_without_cuda(args.out, "the launch overhead and the GPU's binaries need one"):
+        return
+    result = harness.write_result(args.out, {"launch_overhead": launch_overhead(),
+                                             "compile_only_prediction": prediction(args.timeout)})
+    print(json.dumps(result, indent=2))
     lo, pr = result["launch_overhead"], result["compile_only_prediction"]
     print(f"\nlaunch rate with recorder / without: {lo['ratio']:.4f} (target >= 0.98)")
     print(f"compile-only prediction == GPU binaries: {pr['identical']} "

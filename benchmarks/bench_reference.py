@@ -7,7 +7,6 @@ in under 5 s. Kept out of the test suite: timings belong in a benchmark, not in 
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import sys
@@ -15,6 +14,7 @@ import time
 
 import torch
 
+import harness
 from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
 from pytest_ssd.reference import ssd_reference_chunked
 
@@ -22,7 +22,7 @@ TARGET_S = 5.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs after one untimed warmup run")
     parser.add_argument("--chunk-size", type=int, default=64, help="the reference's chunk size")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the target is for 1)")

@@ -25,16 +25,13 @@ Without CUDA it prints why and writes ``{"skipped": ...}``: nothing to measure o
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
+import contextlib
+import dataclasses
 import sys
-import tempfile
 import time
 
-LAYER = dict(nheads=80, head_dim=64, n_groups=1, ssm_state_size=128, chunk_size=256)
-REQUEST = [1000, 2048, 517, 3000]
+import harness
+from workload import LAYER, REQUEST, call_sets, do_bench_ms, kernel_device_ms, rotating
 
 
 # --------------------------------------------------------------------------------------
@@ -46,8 +43,6 @@ def _layer(torch, slow_decay: bool = False):
 
     layer = make_mixer2_layer(**LAYER, dtype=torch.float32, state_dtype=torch.float32, seed=0, device="cuda")
     if slow_decay:
-        import dataclasses
-
         gen = torch.Generator().manual_seed(0)
         A = -(0.01 + 0.1 * torch.rand(layer.local_heads, generator=gen))
         layer = dataclasses.replace(layer, A=A.to(layer.A.device))
@@ -55,49 +50,11 @@ def _layer(torch, slow_decay: bool = False):
 
 
 def _call_sets(layer, with_init: bool, seed: int, n: int = 4) -> list:
-    import torch
-
-    from pytest_ssd.layer import make_ssd_inputs
-
-    sets = []
-    for i in range(n):
-        inputs = make_ssd_inputs(layer, REQUEST, seed=seed + i, with_initial_states=with_init, device="cuda")
-        sets.append((inputs.kernel_kwargs(layer), torch.empty_like(inputs.x)))
-    return sets
+    return call_sets(layer, REQUEST, n=n, seed=seed, with_initial_states=with_init, device="cuda")
 
 
 def _steady_ms(sets: list) -> float:
-    import triton
-
-    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
-
-    calls = iter(range(10**9))
-
-    def call() -> None:
-        kwargs, out = sets[next(calls) % len(sets)]
-        mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-
-    return round(triton.testing.do_bench(call, warmup=50, rep=500, return_mode="median"), 4)
-
-
-def _per_kernel_ms(torch, sets: list, reps: int = 10) -> dict:
-    """Device time per kernel and call (torch.profiler)."""
-    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
-
-    kwargs, out = sets[0]
-    mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-    torch.cuda.synchronize()
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(reps):
-            mamba_chunk_scan_combined_varlen(out=out, **kwargs)
-        torch.cuda.synchronize()
-    kernels = {}
-    for e in prof.key_averages():
-        total = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if total and e.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[e.key] = round(total / reps / 1e3, 4)
-    return kernels
+    return round(do_bench_ms(rotating(sets))[1], 4)
 
 
 def _errors(torch, name: str, got, ref, tol) -> dict:
@@ -152,19 +109,13 @@ def _sweep(torch) -> dict:
     rows = []
     for stage, configs_of_stage in candidates.items():
         for config in configs_of_stage:
-            override = configs.overridden(stage, config) if config is not None else _nothing()
+            override = configs.overridden(stage, config) if config is not None else contextlib.nullcontext()
             with override:
-                ms = _per_kernel_ms(torch, sets).get(kernel_names[stage])
+                ms = kernel_device_ms(rotating(sets)).get(kernel_names[stage])
             rows.append({"stage": stage, "config": "default" if config is None else
                          {"blocks": config.blocks, "num_warps": config.num_warps, "num_stages": config.num_stages},
                          "device_ms": ms})
     return {"sweep": rows}
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def run_child(precision: str, sweep: bool) -> dict:
@@ -187,7 +138,7 @@ def run_child(precision: str, sweep: bool) -> dict:
         result = {"precision": precision, "warmup_s": round(warmup_s, 2), "warmup_binaries": len(rec.binaries()),
                   "steady_ms": _steady_ms(steady_sets[False]),
                   "steady_initial_states_ms": _steady_ms(steady_sets[True]),
-                  "kernels_ms_per_call": _per_kernel_ms(torch, steady_sets[False])}
+                  "kernels_ms_per_call": kernel_device_ms(rotating(steady_sets[False][:1]))}
         del steady_sets
         result["accuracy"] = [_accuracy(torch, slow) for slow in (False, True)]
         if sweep:
@@ -212,7 +163,7 @@ def _row(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("result", help="where to write the JSON")
     parser.add_argument("--precisions", default="tf32x3,ieee,tf32")
     parser.add_argument("--sweep", action="store_true", help="also time fp32 launch configs (default precision)")
@@ -220,16 +171,9 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_child(args.child, args.sweep)))
+        harness.send_to_parent(run_child(args.child, args.sweep))
         return
-
-    import torch
-
-    if not torch.cuda.is_available():
-        reason = "no CUDA device: this benchmark measures the compiled kernel on a GPU"
-        print(f"skipped: {reason}")
-        with open(args.result, "w") as fh:
-            json.dump({"skipped": reason}, fh, indent=1)
+    if harness.skip_without_cuda(args.result, "this benchmark measures the compiled kernel on a GPU"):
         return
     from pytest_ssd.kernels import configs
 
@@ -242,29 +186,17 @@ def main() -> None:
           f"ms / s; default precision: {default}", flush=True)
     rows, failed = [], 0
     for precision in precisions:
-        env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix=f"fp32-{precision}-"))
-        command = [sys.executable, __file__, args.result, "--child", precision]
-        if args.sweep and precision == default:
-            command.append("--sweep")
+        command = [args.result, "--child", precision] + (["--sweep"] if args.sweep and precision == default else [])
         try:
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            proc = None
-        if proc is None or proc.returncode != 0:
+            rows.append(harness.run_fresh(__file__, command, timeout=args.timeout))
+        except harness.ChildFailed as failure:
             failed += 1
-            why = (f"timed out after {args.timeout} s" if proc is None
-                   else "\n".join(proc.stderr.strip().splitlines()[-5:]))
-            rows.append({"precision": precision, "failed": why})
-        else:
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rows.append({"precision": precision, "failed": f"{failure.reason}\n{failure.last_lines(5)}"})
         print(_row(rows[-1]), flush=True)
         for line in rows[-1].get("sweep", []):
             print(f"   sweep {line['stage']:11} {line['device_ms']} ms  {line['config']}", flush=True)
-    with open(args.result, "w") as fh:
-        json.dump({"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "command": " ".join(sys.argv),
-                   "layer": LAYER, "request": REQUEST, "model_dtype": "float32", "state_dtype": "float32",
-                   "default_precision": default, "rows": rows}, fh, indent=1)
-    print(f"wrote {args.result}")
+    harness.write_result(args.result, {"layer": LAYER, "request": REQUEST, "model_dtype": "float32",
+                                       "state_dtype": "float32", "default_precision": default, "rows": rows})
     sys.exit(1 if failed else 0)
 
 

@@ -11,7 +11,9 @@
 #   gpu.log      only the gpu-marked tests (a quicker subset of tests)
 #   peers_*.json the suite on vLLM's released ops (correctness, warmth verdicts with real launches,
 #                latency) and mamba-ssm's; needs .peers/ops (benchmarks/peers/copy_ops.sh; carry ".peers/ops")
-#   peers.json   benchmarks/bench_peers.py: our kernel beside vLLM's ops, fresh processes, 3 dtypes
+#   peers.json   benchmarks/bench_peers.py: our kernel beside vLLM's ops, fresh processes, 3 dtypes;
+#                fails when a figure of ours slips >10% against PEERS_BASELINE (default: the committed
+#                benchmarks/results/h200_bench_peers.json; benchmarks/README.md, "Regression guard")
 #   fp32.json    benchmarks/fp32_precision.py (fp32 dot precision: time, error, warmup)
 # Usage (device tool): bash benchmarks/gpu_check.sh [tests|gpu|suite|fp32|latency|recorder|kernel|probe|host|peers|benchpeers ...]
 set -uo pipefail
@@ -32,7 +34,8 @@ for step in $steps; do
     peers)    bash benchmarks/peers/gpu_suite.sh "$OUT" ;;
     benchpeers) PYTHONPATH="$PWD/.peers/ops:$PWD/tests/peers:$PYTHONPATH" \
                 PEER_VLLM_ENTRY=vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen \
-                python3 benchmarks/bench_peers.py "$OUT/peers.json" --timeout 240 2>&1 | tail -8 ;;
+                python3 benchmarks/bench_peers.py "$OUT/peers.json" --timeout 240 \
+                  --baseline "${PEERS_BASELINE:-benchmarks/results/h200_bench_peers.json}" 2>&1 | tail -40 ;;
     suite)    python3 -m pytest -p pytest_ssd --pyargs pytest_ssd.suite -q -p no:cacheprovider -rs \
                 --ssd-report "$OUT/suite.json" --ssd-manifest "$OUT/manifest_gpu.json" \
                 --ssd-manifest-check pytest_ssd/suite/manifest_cuda90.json 2>&1 | tee "$OUT/suite.log" ;;

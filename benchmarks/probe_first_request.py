@@ -7,36 +7,40 @@ tensors the kernel must read back once). Per call it splits
 the wall time into host time before the first launch, the launches, the device span (CUDA
 events around the four kernels) and the tail; a plain bf16 matrix product of about the same
 device time is timed the same way, so what is the device waking up and what is ours can be
-told apart.
+told apart. The children share one Triton cache dir (the first compiles, the others load).
 
     python benchmarks/probe_first_request.py [RESULT.json] [--children N]
-    python benchmarks/probe_first_request.py --profile [gc]   # cProfile of the first call vs warm ones
     python benchmarks/probe_first_request.py --host [RESULT.json]  # host cost of each step, and of a launch
+    python benchmarks/probe_first_request.py --profile              # cProfile of the first call vs warm ones
+
+``--host`` and ``--profile`` run in this process. ``--profile`` prints, for the first request
+after the warmup and the two after it (each after 0.25 s of idle), the 14 functions with the most
+host time of their own under cProfile: what differs is the first call's host-side extra.
+Without CUDA it prints why and writes ``{"skipped": ...}``.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
+import harness
+from workload import LAYER, MAX_NUM_TOKENS, REQUEST
+
 IDLE_GAPS_S = (0.0, 0.002, 0.01, 0.05, 0.25)
 STEP_LABELS = ("checks", "plans+guard", "workspace", "stream")  # the stamped steps, in call order
-REQUEST = [1000, 2048, 517, 3000]  # the anchors' request
-MAX_NUM_TOKENS = 8192  # the engine's largest batch, given to the warmup
+CALLS_PER_GAP = 12
 
 
 def _layer(torch):
-    """The anchors' layer (the suite's coverage layer in bf16 with float32 states) on the GPU."""
+    """The anchors' layer in bf16 with float32 states, on the GPU."""
     from pytest_ssd.layer import make_mixer2_layer
-    from pytest_ssd.suite.cases import COVERAGE_LAYER
 
-    return make_mixer2_layer(**COVERAGE_LAYER, dtype=torch.bfloat16, state_dtype=torch.float32, seed=0,
-                             device="cuda")
-CALLS_PER_GAP = 12
+    return make_mixer2_layer(**LAYER, dtype=torch.bfloat16, state_dtype=torch.float32, seed=0, device="cuda")
 
 
 def _instrumented(combined):
@@ -144,7 +148,7 @@ def child() -> dict:
     return result
 
 
-def profile_child() -> None:
+def profile_first_calls() -> None:
     """cProfile the first request after warmup and a warm request after the same idle time:
     the functions whose time differs are the first call's host-side extra."""
     import cProfile
@@ -160,11 +164,6 @@ def profile_child() -> None:
     sets = [make_ssd_inputs(layer, REQUEST, seed=i) for i in range(3)]
     outs = [torch.empty_like(s.x) for s in sets]
     warmup_ssd_kernels(layer, max_num_tokens=MAX_NUM_TOKENS)
-    if "gc" in sys.argv:  # variant: collect the warmup's garbage before the first request
-        import gc
-
-        gc.collect()
-        print(f"gc counts after collect: {gc.get_count()}")
     for i, label in enumerate(("first request", "second request", "third request")):
         time.sleep(0.25)
         kwargs = sets[i].kernel_kwargs(layer)
@@ -275,49 +274,62 @@ def _round(d: dict) -> dict:
     return {k: ([round(x, 4) for x in v] if isinstance(v, list) else round(v, 4)) for k, v in d.items()}
 
 
-def main(argv: list) -> int:
-    path = next((a for a in argv if a.endswith(".json")), None)
-    children = int(argv[argv.index("--children") + 1]) if "--children" in argv else 3
-    env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="probe-cache-"))
+def _print_run(run: dict) -> None:
+    first = run["first_request"]
+    print(f"first request: wall {first['wall']:.3f} ms, "
+          f"before 1st launch {first['before_launch']:.3f}, launches {first['launches_host']:.3f}, "
+          f"device span {first['device_span']:.3f}, stages {first['stages']}; "
+          f"first matmul wall {run['first_matmul']['wall']:.3f} / device {run['first_matmul']['device_span']:.3f}")
+    print("steps before the first launch (ms from the call's start, each step's end): "
+          + ", ".join(f"{label} {t:.3f}" for label, t in zip(STEP_LABELS, first["pre_launch_steps"])))
+    print(f"{'idle s':>7} | {'kern wall':>9} {'pre-launch':>10} {'launches':>8} {'dev span':>8} | "
+          f"{'foreign':>7} | {'mm wall':>8} {'mm dev':>7} | stages")
+    for gap, row in run["gaps"].items():
+        k, f, m = row["kernel"], row["foreign_metadata"], row["matmul"]
+        print(f"{gap:>7} | {k['wall']:9.3f} {k['before_launch']:10.3f} {k['launches_host']:8.3f} "
+              f"{k['device_span']:8.3f} | {f['wall']:7.3f} | {m['wall']:8.3f} {m['device_span']:7.3f} | "
+              f"{k['stages']} steps {k['pre_launch_steps']}")
+
+
+def main() -> int:
+    parser = harness.parser(__doc__)
+    parser.add_argument("result", nargs="?", help="write the JSON result here")
+    parser.add_argument("--children", type=int, default=3, help="child processes, one first request each")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per child process")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--host", action="store_true", help="host time per step of a warm call, in this process")
+    modes.add_argument("--profile", action="store_true", help="cProfile the first request and two warm ones")
+    modes.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.children < 1:
+        parser.error(f"--children: expected a positive count, got {args.children}")
+    if args.child:
+        harness.send_to_parent(child())
+        return 0
+    if harness.skip_without_cuda(args.result, "the probe times calls on a GPU"):
+        return 0
+    if args.profile:
+        profile_first_calls()
+        return 0
+    if args.host:
+        pieces = host_pieces()
+        print(json.dumps(pieces, indent=1))
+        harness.write_result(args.result, pieces)
+        return 0
     runs = []
-    for _ in range(children):
-        proc = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, env=env)
-        if proc.returncode:
-            print(proc.stderr[-3000:])
-            return 1
-        run = json.loads(proc.stdout.strip().splitlines()[-1])
-        run["first_request"], run["first_matmul"] = _round(run["first_request"]), _round(run["first_matmul"])
-        runs.append(run)
-        first = run["first_request"]
-        print(f"first request: wall {first['wall']:.3f} ms, "
-              f"before 1st launch {first['before_launch']:.3f}, launches {first['launches_host']:.3f}, "
-              f"device span {first['device_span']:.3f}, stages {first['stages']}; "
-              f"first matmul wall {run['first_matmul']['wall']:.3f} / device {run['first_matmul']['device_span']:.3f}")
-        print("steps before the first launch (ms from the call's start, each step's end): "
-              + ", ".join(f"{label} {t:.3f}" for label, t in zip(STEP_LABELS, first["pre_launch_steps"])))
-        print(f"{'idle s':>7} | {'kern wall':>9} {'pre-launch':>10} {'launches':>8} {'dev span':>8} | "
-              f"{'foreign':>7} | {'mm wall':>8} {'mm dev':>7} | stages")
-        for gap, row in run["gaps"].items():
-            k, f, m = row["kernel"], row["foreign_metadata"], row["matmul"]
-            print(f"{gap:>7} | {k['wall']:9.3f} {k['before_launch']:10.3f} {k['launches_host']:8.3f} "
-                  f"{k['device_span']:8.3f} | {f['wall']:7.3f} | {m['wall']:8.3f} {m['device_span']:7.3f} | "
-                  f"{k['stages']} steps {k['pre_launch_steps']}")
-    if path:
-        with open(path, "w") as f:
-            json.dump(runs, f, indent=1)
+    with tempfile.TemporaryDirectory(prefix="probe-cache-") as shared:
+        for _ in range(args.children):
+            try:
+                run = harness.run_fresh(__file__, ["--child"], cache_dir=shared, timeout=args.timeout)
+            except harness.ChildFailed as failure:
+                print(f"a child failed: {failure.reason}\n{failure.output}")
+                return 1
+            run["first_request"], run["first_matmul"] = _round(run["first_request"]), _round(run["first_matmul"])
+            runs.append(run)
+            _print_run(run)
+    harness.write_result(args.result, {"runs": runs})
     return 0
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(child()))
-    elif sys.argv[1:2] == ["--profile"]:
-        profile_child()
-    elif sys.argv[1:2] == ["--host"]:
-        pieces = host_pieces()
-        print(json.dumps(pieces, indent=1))
-        if sys.argv[2:3]:
-            with open(sys.argv[2], "w") as f:
-                json.dump(pieces, f, indent=1)
-    else:
-        sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -9,6 +9,7 @@ not compared; what compiled and why is.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -34,7 +35,11 @@ def _kind(line: str) -> tuple:
 
 
 def main() -> int:
-    a, b = _cold(sys.argv[1]), _cold(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("first", help="a pytest-ssd JSON report (--ssd-report)")
+    parser.add_argument("second", help="another one")
+    args = parser.parse_args()
+    a, b = _cold(args.first), _cold(args.second)
     same = True
     for layer in sorted(set(a) | set(b)):
         left, right = a.get(layer, Counter()), b.get(layer, Counter())

@@ -15,10 +15,10 @@ The kernels are theirs and stay out of git (.peers/ is ignored). Then, e.g.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import shutil
-import sys
 
 VLLM_OPS = "vllm/model_executor/layers/mamba/ops"
 VLLM_FILES = ("ssd_bmm.py", "ssd_chunk_scan.py", "ssd_chunk_state.py", "ssd_combined.py", "ssd_state_passing.py",
@@ -90,9 +90,12 @@ def copy_mamba_ssm(site: str, dest: str) -> None:
 
 
 def main() -> None:
-    site, dest = sys.argv[1], sys.argv[2]
-    copy_vllm(site, dest)
-    copy_mamba_ssm(site, dest)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("site", help="the site-packages holding the installed releases")
+    parser.add_argument("dest", help="the folder to copy them into (git-ignored: .peers/ops)")
+    args = parser.parse_args()
+    copy_vllm(args.site, args.dest)
+    copy_mamba_ssm(args.site, args.dest)
 
 
 if __name__ == "__main__":

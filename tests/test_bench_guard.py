@@ -1,0 +1,240 @@
+"""The benchmarks' regression guard (benchmarks/regression_guard.py): pure data, no GPU, no timing.
+
+Made-up rows in the guard's shape, plus the committed H200 results through the benchmarks'
+``--check-only`` (a subprocess that imports no torch: well under a second).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SPEC = importlib.util.spec_from_file_location("benchmarks_regression_guard", BENCHMARKS / "regression_guard.py")
+guard = sys.modules.setdefault(SPEC.name, importlib.util.module_from_spec(SPEC))
+SPEC.loader.exec_module(guard)
+
+H200 = "NVIDIA H200"
+
+
+def row(dtype="bfloat16", device=H200, name="bundled", **figures):
+    base = {"warmup_s": 5.0, "first_ms": 0.5, "first_events": 0, "steady_ms": 0.4}
+    return {"name": name, "dtype": dtype, "device": device, **base, **figures}
+
+
+def test_a_5_percent_slip_passes():
+    result = guard.compare([row(steady_ms=0.42)], [row()])
+    assert result.ok, result.report("base")
+    steady = next(f for f in result.figures if f.figure == "steady_ms")
+    assert steady.change == pytest.approx(0.05) and not steady.slipped
+    assert len(result.figures) == 4
+
+
+def test_an_11_percent_slip_fails_and_names_the_figure():
+    result = guard.compare([row(steady_ms=0.444)], [row()])
+    assert not result.ok
+    assert [(f.entry, f.figure) for f in result.slipped] == [("bundled bfloat16", "steady_ms")]
+    report = result.report("base.json")
+    assert "guard FAILED: 1 of 4 figures slipped" in report
+    assert "slipped: bundled bfloat16 steady_ms 0.4 -> 0.444 (+11.0%, tolerance 10%)" in report
+
+
+def test_faster_figures_pass():
+    result = guard.compare([row(warmup_s=2.0, first_ms=0.3, steady_ms=0.2)], [row()])
+    assert result.ok
+    assert all(f.change <= 0 for f in result.figures)
+
+
+def test_a_rise_from_zero_fails():
+    result = guard.compare([row(first_events=1)], [row()])
+    assert [f.figure for f in result.slipped] == ["first_events"]
+    assert "+inf" in result.report("base")
+
+
+def test_the_tolerance_is_configurable_per_run_and_per_figure():
+    now, base = [row(first_ms=0.65, steady_ms=0.46)], [row()]  # +30%, +15%
+    assert [f.figure for f in guard.compare(now, base).slipped] == ["first_ms", "steady_ms"]
+    assert guard.compare(now, base, tolerance=0.35).ok
+    result = guard.compare(now, base, tolerances={"first_ms": 0.5})
+    assert [f.figure for f in result.slipped] == ["steady_ms"]
+
+
+def test_a_baseline_from_another_device_is_not_compared_and_fails():
+    result = guard.compare([row(device="NVIDIA H100 80GB HBM3")], [row()])
+    assert not result.ok and not result.figures
+    assert result.failures == ("not compared: the baseline is from NVIDIA H200, this run from NVIDIA H100 80GB HBM3 "
+                               "(--baseline-any-device compares them anyway)",)
+
+
+def test_any_device_compares_across_devices_and_says_so():
+    result = guard.compare([row(device="NVIDIA H100 80GB HBM3", steady_ms=0.5)], [row()], any_device=True)
+    assert [f.figure for f in result.slipped] == ["steady_ms"]
+    assert any(note.startswith("compared across devices: the baseline is from NVIDIA H200") for note in result.notes)
+
+
+def test_a_baseline_entry_the_run_lacks_fails():
+    result = guard.compare([row("bfloat16")], [row("bfloat16"), row("float32")])
+    assert not result.ok and not result.slipped
+    assert result.failures == ("not compared: bundled float32: in the baseline, not measured now",)
+    assert "1 not compared" in result.report("base")
+
+
+def test_a_baseline_figure_the_run_lacks_fails():
+    now = row()
+    del now["warmup_s"]
+    result = guard.compare([now], [row()])
+    assert result.failures == ("not compared: bundled bfloat16 warmup_s: in the baseline, not measured now",)
+
+
+def test_a_figure_that_is_nan_now_was_not_measured_and_fails():
+    result = guard.compare([row(steady_ms=float("nan"))], [row()])
+    assert result.failures == ("not compared: bundled bfloat16 steady_ms: in the baseline, not measured now",)
+
+
+def test_what_the_baseline_lacks_is_reported_and_passes():
+    result = guard.compare([row("bfloat16", first_ratio=1.2), row("float16")], [row("bfloat16")])
+    assert result.ok
+    assert set(result.notes) == {"not compared: bundled bfloat16 first_ratio: not in the baseline",
+                                 "not compared: bundled float16: no baseline entry (record a new baseline to guard it)"}
+    report = result.report("base")
+    assert all(note in report for note in result.notes)
+
+
+def test_nothing_compared_fails():
+    assert guard.compare([], [row()]).failures == ("not compared: this run has no entries",)
+    assert guard.compare([row()], []).failures == ("not compared: the baseline has no entries",)
+    bare = {"name": "bundled", "dtype": "bfloat16", "device": H200}
+    assert guard.compare([row()], [bare]).failures == ("not compared: the baseline's entries hold no figures",)
+
+
+@pytest.mark.parametrize("rows, tolerances, message", [
+    ([row(device=None)], None, "lacks ['device']"),
+    ([row(), row()], None, "two rows for bundled bfloat16 NVIDIA H200"),
+    ([row()], {"steady": 0.2}, "tolerance given for ['steady']"),
+])
+def test_bad_rows_and_tolerances_are_named(rows, tolerances, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        guard.compare(rows, [row()], tolerances=tolerances)
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    guard.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_command_line_takes_a_tolerance_and_tolerances_per_figure(capsys):
+    args = _args("--baseline", "base.json", "--tolerance", "0.2", "--tolerance", "first_ms=0.5")
+    assert args.tolerance == [(None, 0.2), ("first_ms", 0.5)]
+    assert guard.check([row(first_ms=0.7, steady_ms=0.46)], [row()], args)  # +40% and +15%
+    assert "guard passed: 4 figures within tolerance" in capsys.readouterr().out
+    assert not guard.check([row(steady_ms=0.5)], [row()], args)
+
+
+@pytest.mark.parametrize("bad", ["=0.1", "-0.1", "ten", "nan", "first_ms="])
+def test_a_bad_tolerance_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit):
+        _args("--tolerance", bad)
+    assert "expected FRACTION or FIGURE=FRACTION" in capsys.readouterr().err
+
+
+def test_a_bad_row_on_the_command_line_exits_with_its_reason():
+    with pytest.raises(SystemExit, match="regression guard: a guard row needs"):
+        guard.check([row(device="")], [row()], _args())
+
+
+def test_baseline_rows_loads_the_baseline_and_check_only_exits_with_the_verdict(capsys):
+    files = {"base.json": [row()], "slow.json": [row(steady_ms=0.5)], "same.json": [row()]}
+
+    def baseline_rows(*argv):
+        parser = argparse.ArgumentParser()
+        guard.add_arguments(parser)
+        return guard.baseline_rows(parser, parser.parse_args(list(argv)), lambda report: report["rows"],
+                                   lambda path: {"rows": files[path]})
+
+    assert baseline_rows() is None
+    assert baseline_rows("--baseline", "base.json") == [row()]
+    for now, code in (("same.json", 0), ("slow.json", 1)):
+        with pytest.raises(SystemExit) as done:
+            baseline_rows("--baseline", "base.json", "--check-only", now)
+        assert done.value.code == code
+    with pytest.raises(SystemExit) as usage:
+        baseline_rows("--check-only", "slow.json")
+    assert usage.value.code == 2 and "--check-only NOW.json needs --baseline BASE.json" in capsys.readouterr().err
+
+
+def test_measured_says_why_a_file_has_nothing_to_compare():
+    assert guard.measured({"rows": [1]}, "rows", "bench_peers.py") == [1]
+    with pytest.raises(SystemExit, match=r"skipped: no CUDA device"):
+        guard.measured({"skipped": "no CUDA device: ..."}, "rows", "bench_peers.py")
+    with pytest.raises(SystemExit, match=r"no 'rows': not a bench_peers.py result"):
+        guard.measured({"results": []}, "rows", "bench_peers.py")
+
+
+# --- the benchmarks' --check-only on the committed H200 results ---------------------------------
+
+def _check_only(script: str, now: Path, baseline: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), "--check-only", str(now), "--baseline",
+                           str(baseline), *extra], capture_output=True, text=True, timeout=60)
+
+
+def _slipped_copy(tmp_path: Path, source: str, edit) -> Path:
+    data = json.loads((BENCHMARKS / "results" / source).read_text())
+    edited = copy.deepcopy(data)
+    edit(edited)
+    path = tmp_path / "now.json"
+    path.write_text(json.dumps(edited))
+    return path
+
+
+def test_bench_peers_check_only_guards_the_bundled_kernel_of_the_committed_baseline(tmp_path):
+    baseline = BENCHMARKS / "results" / "h200_bench_peers.json"
+    same = _check_only("bench_peers.py", baseline, baseline)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "guard passed: 21 figures within tolerance" in same.stdout  # 3 dtypes x 7 figures, vLLM's not held
+
+    def slip(data):
+        for r in data["rows"]:
+            if r["name"] == "bundled" and r["dtype"] == "float16":
+                r["steady_ms"] = round(r["steady_ms"] * 1.11, 4)
+            if r["name"] == "vllm":  # a peer's figures are its own business
+                r["steady_ms"] *= 3
+
+    slipped = _check_only("bench_peers.py", _slipped_copy(tmp_path, "h200_bench_peers.json", slip), baseline)
+    assert slipped.returncode == 1
+    assert "slipped: bundled float16 steady_ms 0.39 -> 0.4329 (+11.0%, tolerance 10%)" in slipped.stdout
+    assert "vllm" not in slipped.stdout
+
+
+def test_bench_peers_check_only_fails_on_another_device_unless_asked(tmp_path):
+    baseline = BENCHMARKS / "results" / "h200_bench_peers.json"
+
+    def other_device(data):
+        for r in data["rows"]:
+            r["gpu"] = "NVIDIA H100 80GB HBM3"
+
+    now = _slipped_copy(tmp_path, "h200_bench_peers.json", other_device)
+    strict = _check_only("bench_peers.py", now, baseline)
+    assert strict.returncode == 1 and "not compared: the baseline is from NVIDIA H200" in strict.stdout
+    assert _check_only("bench_peers.py", now, baseline, "--baseline-any-device").returncode == 0
+
+
+def test_bench_kernel_check_only_reads_the_committed_runs(tmp_path):
+    before, after = (BENCHMARKS / "results" / f"h200_bench_kernel_{w}.json" for w in ("before", "after"))
+    result = _check_only("bench_kernel.py", after, before)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cold bfloat16  steady_ms" in result.stdout and "guard passed: 6 figures" in result.stdout
+
+    def slow_warmup(data):
+        data["results"][0]["warmup"]["seconds"] *= 1.5
+
+    slipped = _check_only("bench_kernel.py", _slipped_copy(tmp_path, "h200_bench_kernel_after.json", slow_warmup),
+                          after)
+    assert slipped.returncode == 1 and "slipped: cold bfloat16 warmup_s" in slipped.stdout
