@@ -10,7 +10,9 @@ fp32 states; request 1000/2048/517/3000 tokens): the warmup's wall time and bina
 request after it (wall ms around one synchronized call, compiles), and the steady state
 (``triton.testing.do_bench`` median over 4 rotating input sets). Peers are given by import path:
 copy them from an installed release with ``benchmarks/peers/copy_ops.sh`` and put ``.peers/ops``
-on PYTHONPATH (never commit them). Default: the bundled kernel, and vLLM's ops where importable.
+on PYTHONPATH (never commit them). Default: the bundled kernel, warmed as an engine warms it
+(``workload.warm_bundled``: ``warmup_ssd_kernels`` with the largest batch, 8192 tokens), and
+vLLM's ops where importable, warmed like vLLM (``tests/peers/peer_warmups.py``).
 
 ``--baseline``: the regression guard. After measuring (and writing RESULT.json), each figure of
 the bundled kernel (warmup s, binaries and autotune keys, first request ms and its ratio to the
@@ -30,7 +32,7 @@ from workload import LAYER, REQUEST, do_bench_ms, rotating
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DEFAULT_KERNELS = (
-    "bundled=pytest_ssd.kernels:mamba_chunk_scan_combined_varlen@pytest_ssd.warmup:warmup_ssd_kernels",
+    "bundled=pytest_ssd.kernels:mamba_chunk_scan_combined_varlen@workload:warm_bundled",
     "vllm=vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen@peer_warmups:warm_like_vllm",
 )
 GUARDED = "bundled"  # the kernel --baseline holds to its figures; a peer's are its own business

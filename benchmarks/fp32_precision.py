@@ -1,6 +1,6 @@
 """The bundled kernel's float32 models under each dot precision: time, accuracy, warmup.
 
-    python benchmarks/fp32_precision.py RESULT.json [--precisions tf32x3,ieee,tf32] [--sweep]
+    python benchmarks/fp32_precision.py RESULT.json [--precisions bf16x3,tf32x3,ieee,tf32] [--sweep]
 
 Workload (the anchors'): a Mamba2-2.7B-like layer, 80 heads x 64, dstate 128, 1 group, chunk 256,
 float32 model and states; one request = 4 sequences of 1000/2048/517/3000 tokens. Per precision
@@ -96,13 +96,14 @@ def _sweep(torch) -> dict:
     from pytest_ssd.kernels import configs
     from pytest_ssd.kernels.configs import LaunchConfig as C
 
+    # The float32 defaults (kernels/configs.py) and their neighbours on the H200 (docs/kernel.md).
     candidates = {
         "chunk_scan": [None] + [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=k, BLOCK_DSTATE=s), num_warps=w, num_stages=st)
-                                for m, k, s, w, st in [(64, 32, 64, 4, 1), (64, 16, 128, 4, 1), (64, 32, 128, 4, 2),
-                                                       (128, 32, 64, 8, 1), (64, 64, 64, 4, 2)]],
+                                for m, k, s, w, st in [(64, 32, 128, 4, 1), (64, 32, 64, 4, 1), (64, 32, 16, 4, 1),
+                                                       (64, 16, 32, 4, 1), (64, 32, 32, 4, 2), (128, 32, 32, 8, 1)]],
         "chunk_state": [None] + [C(dict(BLOCK_M=64, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=st)
-                                 for n, k, w, st in [(64, 32, 4, 3), (128, 16, 4, 3), (128, 32, 4, 2),
-                                                     (128, 64, 8, 2), (64, 64, 4, 2)]],
+                                 for n, k, w, st in [(128, 32, 4, 3), (128, 16, 4, 4), (64, 16, 4, 3),
+                                                     (128, 16, 4, 2)]],
     }
     kernel_names = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_state_kernel"}
     sets = _call_sets(_layer(torch), False, seed=4000, n=1)
@@ -165,7 +166,7 @@ def _row(r: dict) -> str:
 def main() -> None:
     parser = harness.parser(__doc__)
     parser.add_argument("result", help="where to write the JSON")
-    parser.add_argument("--precisions", default="tf32x3,ieee,tf32")
+    parser.add_argument("--precisions", default="bf16x3,tf32x3,ieee,tf32")
     parser.add_argument("--sweep", action="store_true", help="also time fp32 launch configs (default precision)")
     parser.add_argument("--timeout", type=int, default=150, help="seconds per child process")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -83,3 +83,12 @@ def kernel_device_ms(call: Callable[[], None], reps: int = 10, trace: Optional[s
         if total and event.device_type == torch.autograd.DeviceType.CUDA:
             kernels[event.key] = round(total / reps / 1e3, 4)
     return kernels
+
+
+def warm_bundled(layer) -> None:
+    """The bundled kernel's warmup as an engine runs it: with its largest batch
+    (``max_num_tokens``), so the caching allocator already holds a large request's workspace
+    (without it the first request after the warmup pays a fresh device allocation)."""
+    from pytest_ssd.warmup import warmup_ssd_kernels
+
+    warmup_ssd_kernels(layer, max_num_tokens=MAX_NUM_TOKENS)
