@@ -24,6 +24,8 @@ from ._patch import Patch, rechain_replaced
 
 @dataclass(eq=False)
 class Observer:
+    """One ``observe_triton`` caller: its callbacks, and what it counted of the JIT caches."""
+
     on_compile: Callable[[dict], None] | None
     on_autotune: Callable[[dict], None] | None
     on_tune_start: Callable[[Any, tuple], None] | None

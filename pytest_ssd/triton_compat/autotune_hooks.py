@@ -1,11 +1,11 @@
 """Autotuner misses: one autotune event per key an autotuner tunes, benchmarked or persisted.
 
-| what                   | 3.2-3.3                              | 3.4-3.7                  | 3.8-3.9                  |
-|------------------------|--------------------------------------|--------------------------|--------------------------|
-| a miss, its configs    | ``Autotuner.prune_configs``          | same                     | same                     |
-| each config benchmarked| ``Autotuner._bench``                 | same                     | same                     |
-| persisted results      | none                                 | ``check_disk_cache``     | same                     |
-|                        |                                      | (``cache_results=True``) |                          |
+| what                                     | 3.2-3.3                     | 3.4-3.7              | 3.8-3.9         |
+|------------------------------------------|-----------------------------|----------------------|-----------------|
+| a miss and its configs                   | ``Autotuner.prune_configs`` | same                 | same            |
+| each config's benchmark                  | ``Autotuner._bench``        | same                 | same            |
+| persisted results (``cache_results=True``) | none                      | ``check_disk_cache`` | same            |
+| ``knobs.autotuning.listener``            | none                        | none                 | there; not used |
 
 The methods wrapped here run only when an autotuner's in-memory cache misses; ``Autotuner.run``
 stays untouched, so a warm launch costs exactly what it costs without us.

@@ -1,12 +1,13 @@
 """What Triton hands our hooks, read into the plain fields of pytest-ssd's events.
 
-| what                         | 3.2                                      | 3.3-3.9                               |
-|------------------------------|------------------------------------------|---------------------------------------|
-| constexprs in compile info   | ``constants`` by parameter name          | ``constants`` by argument path ``(i,)`` |
-| divisibility / alignment     | argument indices in an ``AttrsDescriptor`` | ``configs[0]`` attributes by path     |
-| ==1 and None arguments       | in ``constants`` by name                 | signature ``"constexpr"``, value by path |
-| integer values of the launch | ``JITFunction.run``'s ``bound_args``     | same                                  |
-| autotune key                 | ``[key args] + [str(dtype) of each tensor arg]`` (``Autotuner.run``) | same |
+| what                         | 3.2                                       | 3.3-3.9                                  |
+|------------------------------|-------------------------------------------|------------------------------------------|
+| constexprs in compile info   | ``constants``, by parameter name          | ``constants``, by argument path ``(i,)`` |
+| divisibility / alignment     | argument indices in an ``AttrsDescriptor`` | ``configs[0]`` attributes, by path      |
+| an ==1 or None argument      | in ``constants``, by name                 | signature ``"constexpr"``, value by path |
+
+The same on every version: a launch's integer values (``JITFunction.run``'s ``bound_args``) and
+the autotune key (``Autotuner.run``: key args' values, then each tensor arg's ``str(dtype)``).
 
 Read by attribute and key, never by parsing a ``repr``.
 """

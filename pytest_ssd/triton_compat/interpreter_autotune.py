@@ -1,11 +1,11 @@
 """Autotuning under Triton's interpreter: there is no driver to benchmark with.
 
-| Triton  | how :func:`interpreter_autotuning` gets its benchmarker to interpreted autotuners  |
-|---------|------------------------------------------------------------------------------------|
-| 3.2     | as 3.3, and the interpreter drops every launch option a ``triton.Config`` passes   |
-| 3.3     | ``Autotuner.__init__`` gets this benchmarker instead of looking the driver's up    |
-|         | (which raises without a GPU); ``Autotuner.do_bench`` returns it                    |
-| 3.4-3.9 | the lazy ``Autotuner.do_bench`` returns it (3.8+ raises ``0 active drivers`` without) |
+| Triton  | how :func:`interpreter_autotuning` gives interpreted autotuners its benchmarker   |
+|---------|-----------------------------------------------------------------------------------|
+| 3.2     | as 3.3, and the interpreter drops every launch option a ``triton.Config`` passes  |
+| 3.3     | ``Autotuner.__init__`` gets it instead of looking the driver's up (which raises   |
+|         | without a GPU); ``Autotuner.do_bench`` returns it                                 |
+| 3.4-3.9 | the lazy ``Autotuner.do_bench`` returns it (without: 3.8+ raises "0 active drivers") |
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ and warm launches that go straight to the binary the JIT picked.
 | an autotuner's benchmarker     | at definition    | at definition    | fetched when it tunes                |
 | ``cache_results=True``         | not there        | not there        | persisted in Triton's cache dir      |
 | a warm launch of a kept binary | through the JIT  | through the JIT  | ``CompiledKernel.run``, directly     |
-| launch enter/exit hooks        | (not read)       | (not read)       | 3.4-3.5 a callable or None; 3.6+ a ``HookChain`` |
+| launch enter/exit hooks        | (not read)       | (not read)       | a callable or None; 3.6+ a ``HookChain`` |
 
 So :func:`autotune` builds the ``Autotuner`` itself, and before 3.4 gives it
 :func:`~.driver.bench_with_active_driver` (fetching a benchmarker at definition fails without a GPU).
