@@ -3,7 +3,7 @@
 Works without pytest, so a model loader can record its own warmup. Every in-memory JIT miss
 becomes a :class:`CompileEvent` and every autotune benchmark an :class:`AutotuneEvent`, in
 the order they finish, from every thread; nested recordings each see all events. Nothing is
-added to a warm launch: see the hook adapters in :mod:`pytest_ssd.triton_compat`.
+added to a warm launch: see the hook adapters in :mod:`pytest_ssd.triton_compat.observe`.
 """
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ class Recording:
 
     def to_dict(self) -> dict:
         """JSON-able: for xdist ``workeroutput`` and JSON reports."""
-        return {"format": FORMAT_VERSION, "triton": triton_compat.triton.__version__,
+        return {"format": FORMAT_VERSION, "triton": triton_compat.triton_version(),
                 "events": [e.to_dict() for e in self.events]}
 
     @classmethod

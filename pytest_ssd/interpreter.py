@@ -19,7 +19,7 @@ import torch
 import triton.language as tl
 
 from .options import DTYPE_NAMES
-from .triton_compat import TRITON_VERSION
+from .triton_compat import triton_release
 from .validation import MODEL_DTYPES, check_dtype_value
 
 PROBE_SIZE = 16  # tl.dot's smallest tile
@@ -76,7 +76,7 @@ def probe_dot(dtype: torch.dtype) -> DotProbe:
     a, b = (torch.randint(-4, 5, (PROBE_SIZE, PROBE_SIZE), generator=gen).to(dtype) for _ in range(2))
     exact = a.double() @ b.double()
     c = torch.full((PROBE_SIZE, PROBE_SIZE), float("nan"), dtype=torch.float32)
-    version, name = ".".join(str(v) for v in TRITON_VERSION), _SHORT_NAMES[dtype]
+    version, name = triton_release(), _SHORT_NAMES[dtype]
     try:
         InterpretedFunction(_dot_kernel)[(1,)](a, b, c, SIZE=PROBE_SIZE)
     except Exception as e:  # an interpreter that cannot run it cannot judge such a kernel either

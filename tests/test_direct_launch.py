@@ -2,7 +2,7 @@
 import pytest
 
 from pytest_ssd import triton_compat
-from pytest_ssd.triton_compat import DirectLauncher
+from pytest_ssd.triton_compat import DirectLauncher, launch
 
 
 class FakeCompiled:
@@ -41,8 +41,8 @@ class FakeJIT:
 
 @pytest.fixture
 def direct(monkeypatch):
-    monkeypatch.setattr(triton_compat, "DIRECT_LAUNCH", True)
-    monkeypatch.setattr(triton_compat, "_plain_jit", lambda fn: isinstance(fn, FakeJIT))
+    monkeypatch.setattr(launch, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(launch, "_plain_jit", lambda fn: isinstance(fn, FakeJIT))
     return DirectLauncher()
 
 
@@ -79,7 +79,7 @@ def test_a_parameter_missing_from_constexprs_is_never_kept(direct):
 
 
 def test_older_triton_always_dispatches(monkeypatch):
-    monkeypatch.setattr(triton_compat, "DIRECT_LAUNCH", False)
+    monkeypatch.setattr(launch, "DIRECT_LAUNCH", False)
     jit, launcher = FakeJIT(), DirectLauncher()
     for _ in range(2):
         launcher.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="k")
@@ -101,7 +101,7 @@ def test_autotuned_kernels_always_dispatch(direct, monkeypatch):
     class FakeAutotuner(FakeJIT):
         pass
 
-    monkeypatch.setattr(triton_compat, "_plain_jit", lambda fn: type(fn) is FakeJIT)
+    monkeypatch.setattr(launch, "_plain_jit", lambda fn: type(fn) is FakeJIT)
     jit = FakeAutotuner()
     for _ in range(2):
         direct.launch(jit, (1,), ("p", 0.0), dict(K=1, M=2), key="k")
@@ -114,9 +114,9 @@ def test_only_bare_jit_functions_are_kept():
 
     from pytest_ssd.kernels.chunk_scan import CHUNK_SCAN
 
-    assert triton_compat._plain_jit(CHUNK_SCAN.compiled)
+    assert launch._plain_jit(CHUNK_SCAN.compiled)
     tuned = triton_compat.autotune(CHUNK_SCAN.compiled, [triton.Config({})], [])
-    assert isinstance(tuned, Autotuner) and not triton_compat._plain_jit(tuned)
+    assert isinstance(tuned, Autotuner) and not launch._plain_jit(tuned)
 
 
 def test_with_a_stream_kept_binaries_go_to_the_launcher_with_no_hooks(direct):
@@ -136,7 +136,7 @@ def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, which,
     while one is set the launcher hands out no stream, so kept launches take Triton's runner."""
     from triton import knobs
 
-    monkeypatch.setattr(triton_compat, "current_stream", lambda device_index: 5)  # no CUDA driver here
+    monkeypatch.setattr(launch, "current_stream", lambda device_index: 5)  # no CUDA driver here
     jit = FakeJIT()
     direct.launch(jit, (1, 1, 1), ("p", 0.0), dict(K=1, M=2), key="k", stream=direct.stream(0))
     hook = getattr(knobs.runtime, which)
@@ -158,5 +158,5 @@ def test_a_launch_hook_sends_kept_launches_through_tritons_runner(direct, which,
 
 
 def test_older_triton_hands_out_no_stream(monkeypatch):
-    monkeypatch.setattr(triton_compat, "DIRECT_LAUNCH", False)
+    monkeypatch.setattr(launch, "DIRECT_LAUNCH", False)
     assert DirectLauncher().stream(0) is None
