@@ -32,25 +32,31 @@ def scan_calls(triton_cache_dir):
         yield call(256, False), call(256, False), call(256, True)
 
 
-def test_a_warmup_runs_once_per_layer_config_and_is_filed(scan_calls):
+@pytest.fixture
+def warm_set() -> WarmSet:
+    """An empty warm set, filing in a report of its own (``warm_set.report``)."""
+    return WarmSet(WorkerReport(worker="main"), persist_dir=None)
+
+
+LAYER = dict(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, seed=11)
+
+
+def test_a_warmup_runs_once_per_layer_config_and_is_filed(scan_calls, warm_set):
     warmup, _, _ = scan_calls
-    report = WorkerReport(worker="main")
-    warm_set = WarmSet(report, persist_dir=None)
-    layer = make_mixer2_layer(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, seed=11)
+    layer = make_mixer2_layer(**LAYER)
     rec = warm_set.warm(layer, warmup)
     assert warm_set.warm(layer, warmup) is rec and len(rec.compiles) == 1
-    (filed,) = report.warmups
+    (filed,) = warm_set.report.warmups
     assert filed.name == "fp32/fp32 h4x16 n16 g1 c16 compile-only cuda:90"
     assert filed.layer.endswith(" [compile-only cuda:90]") and filed.compiles == filed.compiled_fresh == 1
     assert warm_set.layers_in_test == [filed.layer, filed.layer]
     assert warm_set.unfiled(rec.events) == []  # a warmup's own events are warm
 
 
-def test_a_cold_call_is_explained_against_the_warm_set_filed_once_and_fails_when_enforced(scan_calls):
+def test_a_cold_call_is_explained_against_the_warm_set_filed_once_and_fails_when_enforced(scan_calls, warm_set):
     warmup, warm_call, cold_call = scan_calls
-    report = WorkerReport(worker="main")
-    warm_set = WarmSet(report, persist_dir=None)
-    warm_set.warm(make_mixer2_layer(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, seed=11), warmup)
+    report = warm_set.report
+    warm_set.warm(make_mixer2_layer(**LAYER), warmup)
     with record_triton() as phase:
         warm_call()
         cold_call()
@@ -63,10 +69,9 @@ def test_a_cold_call_is_explained_against_the_warm_set_filed_once_and_fails_when
     assert warm_set.unfiled(phase.events) == []  # filed once, whichever recording holds it again
 
 
-def test_unenforced_or_allowed_cold_calls_are_filed_without_a_failure(scan_calls):
+def test_unenforced_or_allowed_cold_calls_are_filed_without_a_failure(scan_calls, warm_set):
     _, _, cold_call = scan_calls
-    report = WorkerReport(worker="main")
-    warm_set = WarmSet(report, persist_dir=None)
+    report = warm_set.report
     with record_triton() as phase:
         cold_call()
     assert warm_set.file_call("t.py::a", phase.events, enforced_by=None, allow_reason=None) is None
@@ -76,14 +81,12 @@ def test_unenforced_or_allowed_cold_calls_are_filed_without_a_failure(scan_calls
     assert "kernel never warmed" in report.cold[0].lines[0]
 
 
-def test_what_a_fixture_compiled_is_warm_from_then_on(scan_calls):
+def test_what_a_fixture_compiled_is_warm_from_then_on(scan_calls, warm_set):
     _, warm_call, cold_call = scan_calls
-    report = WorkerReport(worker="main")
-    warm_set = WarmSet(report, persist_dir=None)
     with record_triton() as setup:
         cold_call()
     warm_set.file_fixture_warmup("t.py::a", setup.events, [(setup.events[0], "engine")])
-    (filed,) = report.cold
+    (filed,) = warm_set.report.cold
     assert (filed.phase, filed.outcome) == ("setup", "warmup") and filed.lines[0].endswith("-- in fixture 'engine'")
     with record_triton() as call:
         warm_call()  # another binary of the same kernel: explained against the fixture's
