@@ -48,7 +48,7 @@ class CompileEvent:
     ``target``: e.g. ``cuda:90``. ``source``: ``compiled``, ``disk`` (Triton's on-disk cache:
     a fresh machine would compile it) or ``unknown``. ``compile_only``: recorded under
     :func:`pytest_ssd.compile_only.compile_only`. ``during_autotune``: compiled while an
-    autotuner benchmarked its configs (a candidate, see :func:`pytest_ssd.coverage.autotune_candidates`).
+    autotuner benchmarked its configs (a candidate, see :func:`pytest_ssd.verdict.autotune_candidates`).
     """
 
     kind: ClassVar[str] = "compile"

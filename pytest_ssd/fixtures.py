@@ -88,10 +88,16 @@ def ssd_kernel(pytestconfig):
 def ssd_warmup(pytestconfig) -> Callable:
     """``ssd_warmup(layer)`` runs the configured warmup once per layer config in this process.
 
-    Returns the Recording of that warmup (empty on later calls for the same config). Its time
-    and binaries go into the pytest-ssd summary and JSON report.
+    Returns the Recording of that warmup (the same one on later calls for the same config). Its
+    time and binaries go into the pytest-ssd summary and JSON report, and what it compiled is warm
+    for every later test of the process (:class:`pytest_ssd.verdict.warm_set.WarmSet`).
     """
-    return ssd_session(pytestconfig).warm
+    session = ssd_session(pytestconfig)
+
+    def warm(layer):
+        return session.warm_set.warm(layer, session.warmup_fn)
+
+    return warm
 
 
 @pytest.fixture
@@ -138,7 +144,8 @@ def ssd_coverage_check(request) -> Callable:
         with record_triton() as rec, jit_dispatch():  # what Triton would compile, launch by launch
             workload()
         if rec.events:  # filed here once: the test phase's watcher skips them
-            lines = session.file_cold(request.node.nodeid, "call", "failed", rec.events, enforced_by="ssd_coverage_check")
+            lines = session.warm_set.file_cold(request.node.nodeid, "call", "failed", rec.events,
+                                               enforced_by="ssd_coverage_check")
             pytest.fail(f"{what}: {len(rec.events)} Triton compile/autotune event(s) after warmup "
                         f"({len(warm.events)} event(s) in the warmup):\n  " + "\n  ".join(lines), pytrace=False)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 FORMAT = 1
-_UNCOMPARED = ("measured",)
-_ENTRY_FIELDS = ("layer", "config", "kernel", "warmup", "binaries", "autotune")  # what a diff reads  # per entry: what varies run to run (seconds) and where it was taken
+_UNCOMPARED = ("measured",)  # per entry: what varies run to run (seconds) and where it was taken
+_ENTRY_FIELDS = ("layer", "config", "kernel", "warmup", "binaries", "autotune")  # what a diff reads
 
 
 # ---- building ----------------------------------------------------------------------------
@@ -35,7 +35,7 @@ def _arg(event, name: str) -> str:
     return f"{kind} {_SPEC_WORDS.get(spec, spec)}"
 
 
-def binary_record(event) -> dict:
+def _binary_record(event) -> dict:
     """One binary of a :class:`~pytest_ssd.events.CompileEvent`: exactly the fields of its identity."""
     return {"kernel": event.kernel, "module": event.module, "constexprs": dict(event.constexprs),
             "args": {name: _arg(event, name) for name in event.signature},
@@ -43,7 +43,7 @@ def binary_record(event) -> dict:
             "candidate": bool(event.during_autotune)}
 
 
-def autotune_record(event) -> dict:
+def _autotune_record(event) -> dict:
     """One autotune key of an :class:`~pytest_ssd.events.AutotuneEvent` and how many configs it benchmarked."""
     return {"kernel": event.kernel, "module": event.module, "key_values": dict(event.key_values),
             "key_dtypes": dict(event.key_dtypes), "configs": event.configs_benchmarked}
@@ -67,13 +67,12 @@ def layer_entry(verdict, name: str) -> dict:
     lifts it to the manifest's top).
     """
     spec, warmup = verdict.spec, verdict.warmup
-    binaries = _sorted(binary_record(e) for e in warmup.binaries().values())
-    autotune = _sorted(autotune_record(e) for e in warmup.autotune_keys().values())
-    gpu = spec.device == "cuda"
+    binaries = _sorted(_binary_record(e) for e in warmup.binaries().values())
+    autotune = _sorted(_autotune_record(e) for e in warmup.autotune_keys().values())
     return {
-        "layer": name, "triton": verdict.triton, "config": dict(sorted(spec.layer.items())), "kernel": spec.kernel, "warmup": spec.warmup,
-        "binaries": binaries, "autotune": autotune, "counts": _counts(binaries, autotune),
-        "measured": {"where": "cuda" if gpu else f"compile-only {spec.target}",
+        "layer": name, "triton": verdict.triton, "config": dict(sorted(spec.layer.items())), "kernel": spec.kernel,
+        "warmup": spec.warmup, "binaries": binaries, "autotune": autotune, "counts": _counts(binaries, autotune),
+        "measured": {"where": spec.where,
                      "warmup_seconds": round(verdict.warmup_seconds, 2),
                      "compile_seconds": round(sum((e.seconds or 0.0 for e in warmup.compiles), 0.0), 2),
                      "autotune_seconds": round(sum((e.seconds or 0.0 for e in warmup.autotunes), 0.0), 2)},

@@ -1,11 +1,12 @@
 """Where an xdist worker runs: its GPU and its Triton cache dir, and when the plugin sets them.
 
-Pure functions (no torch, no CUDA). Both are opt-in (``--ssd-place-gpus``,
+No torch, no CUDA. Both are opt-in (``--ssd-place-gpus``,
 ``--ssd-isolate-cache``: ``auto``, ``on``, ``off``): ``auto`` turns them on only when the
 command line runs the plugin's own conformance suite, so a repo that merely has the plugin
 installed keeps its environment. The plugin applies the result in each worker's
 ``pytest_configure``, before anything initialises CUDA: ``CUDA_VISIBLE_DEVICES`` only works if
-set before that.
+set before that (:func:`environment_changes`). The report header says what they do
+(:func:`worker_lines`).
 """
 from __future__ import annotations
 
@@ -86,3 +87,55 @@ def worker_cache_dir(worker_id: str, environ: Mapping[str, str]) -> Optional[str
     if environ.get("TRITON_CACHE_DIR"):
         return None
     return os.path.join(default_triton_cache_dir(environ), f"pytest-ssd-{worker_id}")
+
+
+def _count_gpus_without_cuda_init() -> int:
+    # CUDA_VISIBLE_DEVICES only works if set before CUDA initialises, so count GPUs from the
+    # driver's /proc entries rather than through torch.
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def environment_changes(settings, worker: Optional[str], runs_suite: bool, environ: Mapping[str, str]) -> dict:
+    """What a process sets in its environment (name -> value), and nothing unasked.
+
+    ``settings``: the :class:`~pytest_ssd.options.Settings`; ``worker``: the xdist worker id, None
+    without xdist. ``--ssd-persist-autotune DIR``: every process shares DIR on purpose (warmups
+    take a file lock in turn). ``--ssd-isolate-cache``: each xdist worker its own Triton cache
+    dir, never over a ``TRITON_CACHE_DIR`` the user set. ``--ssd-place-gpus``: each worker one GPU.
+    """
+    changes = {}
+    if settings.persist_autotune:
+        changes["TRITON_CACHE_DIR"] = os.path.abspath(settings.persist_autotune)
+        changes["TRITON_CACHE_AUTOTUNING"] = "1"
+    elif worker and switched_on(settings.isolate_cache, runs_suite):
+        own = worker_cache_dir(worker, environ)
+        if own:
+            changes["TRITON_CACHE_DIR"] = own
+    if worker and switched_on(settings.place_gpus, runs_suite):
+        gpu = gpu_for_worker(worker, visible_gpus(environ.get("CUDA_VISIBLE_DEVICES"), _count_gpus_without_cuda_init()))
+        if gpu is not None:
+            changes["CUDA_VISIBLE_DEVICES"] = gpu
+    return changes
+
+
+def worker_lines(settings, runs_suite: bool, environ: Mapping[str, str]) -> list:
+    """The report header's lines on what xdist workers do with the Triton cache dir and the GPUs."""
+    def why(name: str) -> str:
+        value = getattr(settings, name)
+        return f"{name}={value}" + (", the suite runs" if value == "auto" and runs_suite else "")
+
+    if settings.persist_autotune:
+        cache = f"all share --ssd-persist-autotune {settings.persist_autotune} (warmups take turns)"
+    elif not switched_on(settings.isolate_cache, runs_suite):
+        cache = f"the Triton cache dir as set ({why('isolate_cache')})"
+    elif environ.get("TRITON_CACHE_DIR"):
+        cache = f"your TRITON_CACHE_DIR, never replaced ({why('isolate_cache')})"
+    else:
+        cache = (f"one Triton cache dir each ({why('isolate_cache')}): "
+                 f"{default_triton_cache_dir(environ)}/pytest-ssd-gwN")
+    gpus = (f"one GPU each through CUDA_VISIBLE_DEVICES ({why('place_gpus')})"
+            if switched_on(settings.place_gpus, runs_suite) else f"the GPUs as set ({why('place_gpus')})")
+    return [f"pytest-ssd: xdist workers: {cache}", f"pytest-ssd: xdist workers: {gpus}"]

@@ -1,6 +1,6 @@
 """The pytest surface of pytest-ssd: options, markers, warm-enforcement, reports, xdist.
 
-Thin by design: the work is done by the library modules (events, coverage, warmup, report),
+Thin by design: the work is done by the library modules (events, verdict, warmup, report),
 which a model loader can use at runtime without pytest.
 
 The plugin autoloads in every pytest run of an environment that has it installed, so it changes
@@ -20,9 +20,8 @@ import pytest
 
 from . import __version__
 from .options import add_options, check_kernel_has_warmup, check_warmup_signature, checked_paths, resolve
-from .placement import (default_triton_cache_dir, gpu_for_worker, names_the_suite, switched_on, visible_gpus,
-                        worker_cache_dir)
-from .report import ColdRecord, SessionReport, WorkerReport, environment
+from .placement import environment_changes, names_the_suite, worker_lines
+from .report import SessionReport, WorkerReport, environment
 from .session import SSDSession
 
 SESSION_KEY = pytest.StashKey[SSDSession]()
@@ -58,55 +57,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _worker_id(config: pytest.Config) -> Optional[str]:
     workerinput = getattr(config, "workerinput", None)
     return workerinput["workerid"] if workerinput else None
-
-
-def _count_gpus_without_cuda_init() -> int:
-    # CUDA_VISIBLE_DEVICES only works if set before CUDA initialises, so count GPUs from the
-    # driver's /proc entries rather than through torch.
-    try:
-        return len(os.listdir("/proc/driver/nvidia/gpus"))
-    except OSError:
-        return 0
-
-
-# ---- the environment: changed only when asked -----------------------------------------------
-
-def _environment_changes(settings, worker: Optional[str], runs_suite: bool) -> dict:
-    """What this process sets in its environment (name -> value), and nothing unasked.
-
-    ``--ssd-persist-autotune DIR``: every process shares DIR on purpose (warmups take a file lock
-    in turn). ``--ssd-isolate-cache``: each xdist worker its own Triton cache dir, never over a
-    ``TRITON_CACHE_DIR`` the user set. ``--ssd-place-gpus``: each worker one GPU.
-    """
-    changes = {}
-    if settings.persist_autotune:
-        changes["TRITON_CACHE_DIR"] = os.path.abspath(settings.persist_autotune)
-        changes["TRITON_CACHE_AUTOTUNING"] = "1"
-    elif worker and switched_on(settings.isolate_cache, runs_suite):
-        own = worker_cache_dir(worker, os.environ)
-        if own:
-            changes["TRITON_CACHE_DIR"] = own
-    if worker and switched_on(settings.place_gpus, runs_suite):
-        gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), _count_gpus_without_cuda_init())
-        gpu = gpu_for_worker(worker, gpus)
-        if gpu is not None:
-            changes["CUDA_VISIBLE_DEVICES"] = gpu
-    return changes
-
-
-def _apply_environment(session: SSDSession, changes: dict) -> None:
-    """Set ``changes``; the session's cleanup restores each variable (an in-process session ends)."""
-    for name, value in changes.items():
-        before = os.environ.get(name)
-        os.environ[name] = value
-        session.cleanup.callback(_restore_variable, name, before)
-
-
-def _restore_variable(name: str, value: Optional[str]) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
 
 
 def _in_use(config: pytest.Config, settings, runs_suite: bool) -> bool:
@@ -192,13 +142,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = checked_paths(settings, probe_report=worker is None)  # usage errors now, not after the run
     runs_suite = names_the_suite(config.args, bool(config.getoption("pyargs", False)),
                                  str(config.invocation_params.dir))
-    changes = _environment_changes(settings, worker, runs_suite)
+    changes = environment_changes(settings, worker, runs_suite, os.environ)
     session = SSDSession(settings, worker=worker or "main", gpu=changes.get("CUDA_VISIBLE_DEVICES"))
     config.stash[SESSION_KEY] = session
     config.stash[CONTROLLER_KEY] = []
     config.stash[RUNS_SUITE_KEY] = runs_suite
     config.stash[IN_USE_KEY] = _in_use(config, settings, runs_suite)
-    _apply_environment(session, changes)  # before anything initialises CUDA or compiles
+    session.set_environment(changes)  # before anything initialises CUDA or compiles
     if settings.device == "cuda" and not settings.compile_only:
         import torch
 
@@ -224,51 +174,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 # ---- the report header -----------------------------------------------------------------------
 
-def _mode_words(session: SSDSession) -> str:
-    """Where kernels run and where compile-only mode is in effect."""
-    mode, s = session.mode, session.settings
-    if mode.compile_only:
-        source = s.sources.get("compile_only", "default")
-        return (f"compile-only {mode.compile_only} ({source}) for the whole session: kernels compile for that "
-                f"target, nothing runs, correctness tests skip")
-    device = f"device={mode.device}" + (" (auto)" if s.device == "auto" else f" ({s.sources.get('device')})")
-    if mode.device == "cuda":
-        return f"{device}: kernels run on the GPU"
-    # Warmth verdicts run in fresh processes without the interpreter, for third-party kernels too.
-    return (f"{device}: numerics under Triton's interpreter; warmup coverage in compile-only mode for "
-            f"{mode.coverage_target} (fresh processes)")
-
-
-def _worker_lines(config: pytest.Config, session: SSDSession) -> list:
-    """What xdist workers do with the Triton cache dir and the GPUs (nothing without xdist)."""
-    if config.getoption("dist", "no") == "no":
-        return []
-    s, runs_suite = session.settings, config.stash[RUNS_SUITE_KEY]
-
-    def why(name: str) -> str:
-        value = getattr(s, name)
-        return f"{name}={value}" + (", the suite runs" if value == "auto" and runs_suite else "")
-
-    if s.persist_autotune:
-        cache = f"all share --ssd-persist-autotune {s.persist_autotune} (warmups take turns)"
-    elif not switched_on(s.isolate_cache, runs_suite):
-        cache = f"the Triton cache dir as set ({why('isolate_cache')})"
-    elif os.environ.get("TRITON_CACHE_DIR"):
-        cache = f"your TRITON_CACHE_DIR, never replaced ({why('isolate_cache')})"
-    else:
-        base = default_triton_cache_dir(os.environ)
-        cache = f"one Triton cache dir each ({why('isolate_cache')}): {base}/pytest-ssd-gwN"
-    gpus = (f"one GPU each through CUDA_VISIBLE_DEVICES ({why('place_gpus')})" if switched_on(s.place_gpus, runs_suite)
-            else f"the GPUs as set ({why('place_gpus')})")
-    return [f"pytest-ssd: xdist workers: {cache}", f"pytest-ssd: xdist workers: {gpus}"]
-
-
 def pytest_report_header(config: pytest.Config) -> list:
     if not config.stash[IN_USE_KEY]:
         return [f"pytest-ssd {__version__}: idle (no --ssd-* option given); -p no:pytest_ssd unloads it"]
     session = ssd_session(config)
-    return [f"pytest-ssd {__version__}: {_mode_words(session)}", *session.settings.describe(),
-            *_worker_lines(config, session)]
+    xdist = config.getoption("dist", "no") != "no"
+    return [f"pytest-ssd {__version__}: {session.describe_mode()}", *session.settings.describe(),
+            *(worker_lines(session.settings, config.stash[RUNS_SUITE_KEY], os.environ) if xdist else ())]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -300,35 +212,19 @@ def _enforced_by(item: pytest.Item) -> Optional[str]:
     return None
 
 
-def _fixture_of(event, sources: list) -> str:
-    return next((name for e, name in sources if e == event), "unknown")
-
-
 def _record_phase(item: pytest.Item, phase: str, rec, test_failed: bool) -> Optional[str]:
     """File what a phase compiled; returns the failure message when it must fail the test."""
-    session = ssd_session(item.config)
-    events = session.unfiled(rec.events)  # warmups and coverage checks file their own
+    warm_set = ssd_session(item.config).warm_set
+    events = warm_set.unfiled(rec.events)  # warmups and coverage checks file their own
     if not events:
         return None
-    seconds = round(sum(e.seconds or 0.0 for e in events), 4)
     if phase == "setup":  # the test's fixtures warming: a warmup, named by fixture, never a miss
-        sources = item.config.stash.get(SETUP_SOURCES_KEY, [])
-        session.warmed_by_fixture(events)
-        lines = [f"{e.describe()} -- in fixture {_fixture_of(e, sources)!r}" for e in events]
-        session.report.cold.append(ColdRecord(nodeid=item.nodeid, phase=phase, outcome="warmup", seconds=seconds,
-                                              lines=lines))
+        warm_set.file_fixture_warmup(item.nodeid, events, item.config.stash.get(SETUP_SOURCES_KEY, []))
         return None
     allow = item.get_closest_marker("ssd_allow_cold")
-    enforced_by = _enforced_by(item)
-    outcome = "reported" if enforced_by is None else "allowed" if allow is not None else "failed"
     allow_reason = (allow.kwargs.get("reason") or (allow.args[0] if allow.args else "no reason given")) if allow else None
-    lines = session.file_cold(item.nodeid, phase, outcome, events, allow_reason,
-                              enforced_by=enforced_by if outcome == "failed" else None)
-    if outcome != "failed" or test_failed:
-        return None
-    return (f"pytest-ssd: {len(events)} Triton compile/autotune event(s) in the call phase after warmup, "
-            f"{seconds:.2f}s spent (enforced by {enforced_by}):\n  " + "\n  ".join(lines)
-            + "\nWarm these in the warmup, or mark the test @pytest.mark.ssd_allow_cold(reason=...).")
+    message = warm_set.file_call(item.nodeid, events, enforced_by=_enforced_by(item), allow_reason=allow_reason)
+    return None if test_failed else message
 
 
 def _watch_phase(item: pytest.Item, phase: str):
@@ -361,7 +257,7 @@ def _blinded_recorder(phase: str, rec) -> Optional[str]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item):
-    ssd_session(item.config).layers_warmed_in_test.clear()
+    ssd_session(item.config).start_test()
     _skip_gpu_test_without_cuda(item)
     if not _watched(item):
         return (yield)

@@ -25,7 +25,7 @@ class WarmupRecord:
     binaries: list = field(default_factory=list)  # describe() lines
     persisted_caches: bool = False  # --ssd-persist-autotune was on
     cold_seconds: Optional[float] = None  # this layer's warmup with empty caches, as recorded in the persist dir
-    name: Optional[str] = None  # the layer config in a few words, for the terminal (session.layer_short_name)
+    name: Optional[str] = None  # the layer config in a few words, for the terminal (verdict.layer_names)
 
 
 @dataclass
@@ -59,7 +59,7 @@ class VerdictRecord:
     """One warmth verdict (:mod:`pytest_ssd.verdict`): a fresh process's warmup and workload."""
 
     nodeid: str
-    layer: str  # session.layer_short_name: dtypes, heads x head_dim, dstate, groups, chunk
+    layer: str  # verdict.layer_names.layer_short_name: dtypes, heads x head_dim, dstate, groups, chunk
     kernel: str
     warmup: str
     where: str  # "cuda" (real launches) or "compile-only cuda:90"
@@ -117,7 +117,7 @@ REPORT_FORMAT = "pytest-ssd-report-v1"  # docs/report.md; renaming or dropping a
 WIDTH = 120  # the terminal summary's widest line
 
 
-def fit(line: str, width: int = WIDTH) -> str:
+def _fit(line: str, width: int = WIDTH) -> str:
     """``line`` cut to ``width`` columns: the middle goes, the start and the end (a test id) stay."""
     if len(line) <= width:
         return line
@@ -125,7 +125,7 @@ def fit(line: str, width: int = WIDTH) -> str:
     return line[:width - 3 - tail] + "..." + line[len(line) - tail:]
 
 
-def wrapped(line: str, indent: int = 6, width: int = WIDTH) -> list:
+def _wrapped(line: str, indent: int = 6, width: int = WIDTH) -> list:
     """A binary's line, whole, on as many lines of ``width`` as it takes (continuations indented 2 more)."""
     return textwrap.wrap(line, width=width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
                          break_on_hyphens=False) or [" " * indent]
@@ -198,7 +198,7 @@ class SessionReport:
                 lines.append(title)
             for wr, c in records:
                 lines.append(f"  {self._cold_tag(c)} [{self._where(wr)}] {c.seconds:.2f}s: {c.nodeid}")
-                lines.extend(part for line in c.lines for part in wrapped(line))
+                lines.extend(part for line in c.lines for part in _wrapped(line))
         latency = [(wr, r) for wr in workers for r in wr.latency]
         if latency:
             lines.append("latency (first call vs steady state)")
@@ -214,7 +214,7 @@ class SessionReport:
                     else f"Triton {probe['triton']}'s interpreter computes bf16 tl.dot exactly (probe): bf16 cases judged"))
         lines.extend(self.verdict_lines())
         lines.extend(self._total_lines())
-        return [fit(line) for line in lines]
+        return [_fit(line) for line in lines]
 
     @staticmethod
     def _where(wr) -> str:
@@ -300,8 +300,8 @@ class SessionReport:
                    f"{v.calls} calls | warmup {v.warmup_seconds:.1f}s, {v.warmup_binaries} binaries, "
                    f"{v.autotune_configs} configs benchmarked, {_compiling(v.where, v.warmup_compile_seconds)} | "
                    f"candidates {v.candidate_binaries} ({lost}), unused {unused}")
-            lines.extend(wrapped(row, indent=2))
-            lines.extend(part for u in (v.unused or []) for part in wrapped("unused: " + u))
+            lines.extend(_wrapped(row, indent=2))
+            lines.extend(part for u in (v.unused or []) for part in _wrapped("unused: " + u))
         parts = [_compiling(where, sum(v.warmup_compile_seconds for v, _ in verdicts if (v.where == "cuda") == gpu))
                  for where, gpu in (("cuda", True), ("compile-only", False))
                  if any((v.where == "cuda") == gpu for v, _ in verdicts)]
@@ -311,12 +311,13 @@ class SessionReport:
         fixes = list(dict.fromkeys(f"{fix} [{v.layer}]" for v, _ in verdicts for fix in v.fixes))
         if fixes:
             lines.append("warmup calls to add, per layer config:")
-            lines.extend(part for i, fix in enumerate(fixes, 1) for part in wrapped(f"{i}. {fix}", indent=2))
+            lines.extend(part for i, fix in enumerate(fixes, 1) for part in _wrapped(f"{i}. {fix}", indent=2))
         return lines
 
 
 def _compiling(where: str, seconds: float) -> str:
     return f"{seconds:.2f}s compiling (GPU)" if where == "cuda" else f"{seconds:.2f}s compiling (compile-only)"
+
 
 def environment() -> dict:
     """Versions and devices, read where they are (torch/triton imported lazily)."""

@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_ssd import coverage, latency
+from pytest_ssd import latency, verdict
 from pytest_ssd.adapters import poisoned_like
 from pytest_ssd.assertions import Tolerance, assert_ssd_close
 from pytest_ssd.chunking import chunk_metadata
@@ -183,9 +183,9 @@ BAD_CALLS = [
     ("repeats float", lambda: latency.measure_latency(_noop, [()], repeats=5.5), ValueError,
      "repeats: expected an int >= 3"),
     # -- coverage -----------------------------------------------------------------------------
-    ("compare(None, rec)", lambda: coverage.compare(None, Recording()), TypeError,
+    ("compare(None, rec)", lambda: verdict.compare(None, Recording()), TypeError,
      "compare: warmup must be a pytest_ssd.events.Recording, got NoneType"),
-    ("compare(rec, events)", lambda: coverage.compare(Recording(), []), TypeError,
+    ("compare(rec, events)", lambda: verdict.compare(Recording(), []), TypeError,
      "compare: workload must be a pytest_ssd.events.Recording, got list"),
 ]
 

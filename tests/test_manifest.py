@@ -248,11 +248,10 @@ def test_the_budget_reads_the_environment_and_ini(pytester, monkeypatch):
 
 @pytest.mark.gpu
 def test_a_gpu_warmup_compiles_the_binaries_compile_only_predicts():
-    from pytest_ssd.session import _gpu_target
     from pytest_ssd.suite.cases import COVERAGE_LAYER
-    from pytest_ssd.verdict import WorkloadSpec, judge
+    from pytest_ssd.verdict import WorkloadSpec, gpu_target, judge
 
-    target = _gpu_target()
+    target = gpu_target()
     if target is None:
         pytest.skip("no compile-only target predicts this GPU's binaries")
     manifests = {}

@@ -1,4 +1,4 @@
-"""pytest_ssd.verdict and its parts: call variants, autotune candidates, fixes, unused, the spec.
+"""pytest_ssd.verdict (its fresh-process run) and its parts: call variants, autotune candidates, fixes, unused, the spec.
 
 The fresh-process verdicts themselves run through the suite in tests/test_suite.py (bundled
 kernel) and tests/peers/ (released vLLM).
@@ -13,11 +13,10 @@ import torch
 import kernels_for_tests as kt
 from pytest_ssd.adapters import SSDKernel, call_variants
 from pytest_ssd.compile_only import compile_only
-from pytest_ssd.coverage import autotune_candidates
 from pytest_ssd.events import Recording, record_triton
 from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen as ours
 from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
-from pytest_ssd.verdict import WorkloadSpec, analyse
+from pytest_ssd.verdict import WorkloadSpec, analyse, autotune_candidates
 
 
 def vllm_033_style(x, dt, A, B, C, chunk_size, cu_seqlens, cu_chunk_seqlens, last_chunk_indices, seq_idx, out,
@@ -127,6 +126,24 @@ def test_analyse_attributes_each_miss_to_the_call_that_paid_and_merges_fixes(tun
     assert analyse(spec, {**result, "calls": result["calls"][:1]}, cold).ok
 
 
+def test_a_verdict_is_filed_under_its_layer_name_with_its_cold_events(tuned_recording):
+    scan = [e for e in tuned_recording.compiles if e.kernel == "chunk_scan"][0]
+    odd = dataclasses.replace(scan, specializations={**scan.specializations, "seqlen": "none"},
+                              int_values={"seqlen": 17})
+    result = {"warmup": Recording(events=[scan]).to_dict(), "warmup_seconds": 2.0, "triton": "3.9.0",
+              "calls": [_call([17], False, "returned", [odd]), _call([256], True, "returned", [])]}
+    layer = dict(nheads=80, head_dim=64, ssm_state_size=128, chunk_size=256, dtype=torch.bfloat16, gated=True)
+    spec = WorkloadSpec.for_layer(layer_kwargs=layer, kernel="k:f", api="vllm", warmup="w:f", requests=[[17], [256]])
+    record, cold = analyse(spec, result, None).records("t.py::test_x")
+    assert record.layer == cold.layer == spec.layer_name() == "bf16/fp32 h80x64 n128 g1 c256 z"
+    assert (record.where, record.calls, record.warmup_binaries, record.unused) == ("compile-only cuda:90", 2, 1, None)
+    assert record.warmup_manifest["measured"]["where"] == "compile-only cuda:90"
+    assert (cold.nodeid, cold.phase, cold.outcome) == ("t.py::test_x", "call", "failed")
+    assert cold.lines == record.cold and len(cold.lines) == 1 and "seqlen=17 not divisible by 16" in cold.lines[0]
+    warm = analyse(spec, {**result, "calls": result["calls"][1:]}, None)
+    assert warm.records("t.py::test_x")[1] is None
+
+
 def test_a_warm_binary_no_request_needs_is_unused_but_a_candidate_is_not(tuned_recording):
     scan = [e for e in tuned_recording.compiles if e.kernel == "chunk_scan"][0]
     tuned = [e for e in tuned_recording.events if e.kernel == "tuned_heads"]
@@ -155,7 +172,7 @@ def test_spec_checks_and_round_trip():
 
 
 def test_verdict_module_refuses_a_bad_command_line():
-    from pytest_ssd.verdict import main
+    from pytest_ssd.verdict.child import main
 
     with pytest.raises(SystemExit, match="usage: python -m pytest_ssd.verdict"):
         main(["explain", "{}"])

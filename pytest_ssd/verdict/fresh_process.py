@@ -1,12 +1,12 @@
-"""The warmth verdict: is a kernel warm after its warmup, judged the way production meets it?
+"""The warmth verdict as production meets it: ``judge(WorkloadSpec(...)) -> Verdict``.
 
-``judge(WorkloadSpec(...)) -> Verdict`` starts a fresh Python process with an empty Triton
-cache dir of its own. There it imports the kernel, runs the warmup, then the workload (every
-request, without and with initial states, in every call variant the engine uses), recording
-each step. Misses are explained against *that warmup's* binaries only, so nothing one test,
-dtype or layer config compiled can make another look warm. On a GPU the launches are real; on
-a CPU the process runs in compile-only mode (:mod:`pytest_ssd.compile_only`), which compiles
-the same binaries and runs nothing.
+``judge`` starts a fresh Python process with an empty Triton cache dir of its own
+(:mod:`pytest_ssd.verdict.child`). There it imports the kernel, runs the warmup, then the
+workload (every request, without and with initial states, in every call variant the engine
+uses), recording each step. Misses are explained against *that warmup's* binaries only
+(:mod:`pytest_ssd.verdict.reasons`), so nothing one test, dtype or layer config compiled can make
+another look warm. On a GPU the launches are real; on a CPU the process runs in compile-only mode
+(:mod:`pytest_ssd.compile_only`), which compiles the same binaries and runs nothing.
 
 A second fresh process then runs the workload alone, in compile-only mode and from the first
 one's disk cache (cheap): what the workload needs from a cold start. Warm binaries outside it
@@ -18,19 +18,20 @@ JSON spec in ``argv``, one JSON result on stdout's last line.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-from .coverage import Miss, autotune_candidates, compare, unused
-from .events import Recording
+from ..events import Recording
+from ..manifest import layer_entry
+from ..report import ColdRecord, VerdictRecord
+from .layer_names import layer_short_name
+from .reasons import Miss, autotune_candidates, compare, unused
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -72,7 +73,7 @@ class WorkloadSpec:
     @classmethod
     def for_layer(cls, *, layer_kwargs: dict, **fields: Any) -> "WorkloadSpec":
         """A spec from ``make_mixer2_layer`` keyword arguments with torch dtypes."""
-        from .validation import dtype_name
+        from ..validation import dtype_name
 
         layer = {k: (dtype_name(v) if k in ("dtype", "state_dtype") else v)
                  for k, v in layer_kwargs.items() if k not in ("device", "seed")}
@@ -89,6 +90,34 @@ class WorkloadSpec:
         data["requests"] = tuple(tuple(r) for r in data["requests"])
         data["variants"] = tuple(data["variants"])
         return cls(**data)
+
+    @property
+    def where(self) -> str:
+        """Where the warmup ran: ``cuda`` (real launches) or ``compile-only cuda:90``."""
+        return "cuda" if self.device == "cuda" else f"compile-only {self.target}"
+
+    def layer_name(self) -> str:
+        """:func:`~pytest_ssd.verdict.layer_names.layer_short_name` of this spec's layer (its
+        ``make_mixer2_layer`` keywords over that function's defaults)."""
+        import inspect
+        from types import SimpleNamespace
+
+        from ..layer import make_mixer2_layer
+
+        defaults = {name: p.default for name, p in inspect.signature(make_mixer2_layer).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        return layer_short_name(SimpleNamespace(**{**defaults, **self.layer}))
+
+
+def gpu_target() -> Optional[str]:
+    """The compile-only target that predicts this GPU's binaries (``cuda:90`` on an H100), or None."""
+    import torch
+
+    from ..compile_only import TARGETS
+
+    major, minor = torch.cuda.get_device_capability()
+    target = f"cuda:{major}{minor}"
+    return target if target in TARGETS else None
 
 
 @dataclass(frozen=True)
@@ -130,7 +159,7 @@ class Verdict:
     warmup_seconds: float
     calls: tuple
     cold: tuple  # ColdBinary, in the order they compiled
-    candidates: tuple  # coverage.Candidates of the warmup
+    candidates: tuple  # reasons.Candidates of the warmup
     unused: Optional[tuple]  # warm Events no request needed, autotune candidates excluded
     triton: str
 
@@ -171,6 +200,29 @@ class Verdict:
 
     def cold_lines(self) -> list[str]:
         return [c.line() for c in self.cold]
+
+    def records(self, nodeid: str) -> tuple[VerdictRecord, Optional[ColdRecord]]:
+        """The verdict as test ``nodeid`` files it in the report, and its cold events as one
+        failed cold record under the verdict's layer name (None when warm)."""
+        spec, warmup, name = self.spec, self.warmup, self.spec.layer_name()
+        known = [group for group in self.candidates if group.winner is not None]
+        record = VerdictRecord(
+            nodeid=nodeid, layer=name, kernel=spec.kernel, warmup=spec.warmup, where=spec.where,
+            warmup_seconds=round(self.warmup_seconds, 3), warmup_binaries=len(warmup.binaries()),
+            autotune_keys=len(warmup.autotune_keys()), calls=len(self.calls),
+            cold=self.cold_lines(), fixes=self.fixes(), candidates=[g.describe() for g in self.candidates],
+            candidate_binaries=sum(len(g.binaries) for g in self.candidates),
+            candidates_lost=sum(len(g.lost) for g in known) if known or not self.candidates else None,
+            unused=None if self.unused is None else [e.describe() for e in self.unused],
+            warmup_compile_seconds=round(sum(e.seconds or 0.0 for e in warmup.compiles), 3),
+            autotune_configs=sum(e.configs_benchmarked for e in warmup.autotunes),
+            warmup_manifest=layer_entry(self, name),
+        )
+        cold = None if self.ok else ColdRecord(
+            nodeid=nodeid, phase="call", outcome="failed", lines=self.cold_lines(),
+            seconds=round(sum(c.miss.event.seconds or 0.0 for c in self.cold), 4),
+            enforced_by="the warmth verdict (a fresh process)", layer=name)
+        return record, cold
 
 
 def judge(spec: WorkloadSpec, timeout: float = 1800.0) -> Verdict:
@@ -220,95 +272,3 @@ def _child(step: str, spec: WorkloadSpec, cache_dir: str, timeout: float) -> dic
         raise RuntimeError(f"warmth verdict ({step}) for {spec.kernel} failed in its fresh process "
                            f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-# ---- the child side ---------------------------------------------------------------------------
-
-def _layer(spec: WorkloadSpec, device: str):
-    import torch
-
-    from .layer import make_mixer2_layer
-
-    kwargs = dict(spec.layer)
-    for key in ("dtype", "state_dtype"):
-        if key in kwargs:
-            kwargs[key] = getattr(torch, kwargs[key])
-    if "dt_limit" in kwargs:
-        kwargs["dt_limit"] = tuple(kwargs["dt_limit"])
-    return make_mixer2_layer(**kwargs, seed=spec.seed, device=device)
-
-
-def _workload_calls(spec: WorkloadSpec, layer, record: bool) -> list[dict]:
-    """Every request, without and with initial states, in every variant; one recording each."""
-    import torch
-
-    from .adapters import SSDKernel
-    from .events import record_triton
-    from .layer import make_ssd_inputs
-    from .options import load_callable
-    from .triton_compat import jit_dispatch
-
-    kernel = SSDKernel(fn=load_callable(spec.kernel, "kernel"), api=spec.api, name=spec.kernel)
-    workload = load_callable(spec.workload, "workload") if spec.workload else None
-    variants = ("workload",) if workload else spec.variants
-    calls = []
-    for i, seqlens in enumerate(spec.requests):
-        for init in (False, True):
-            inputs = make_ssd_inputs(layer, list(seqlens), seed=spec.seed + 1 + i, with_initial_states=init)
-            for variant in variants:
-                # Through Triton's JIT on every launch: what Triton would compile for this call.
-                with (record_triton() if record else contextlib.nullcontext(Recording())) as rec, jit_dispatch():
-                    if workload:
-                        workload(layer, inputs)
-                    else:
-                        kernel.run(layer, inputs, variant=variant)
-                    if layer.device.type == "cuda":
-                        torch.cuda.synchronize()
-                calls.append({"seqlens": list(seqlens), "initial_states": init, "variant": variant,
-                              "recording": rec.to_dict()})
-    return calls
-
-
-def _judge_here(spec: WorkloadSpec) -> dict:
-    import torch
-
-    from .compile_only import compile_only
-    from .events import record_triton
-    from .options import load_callable
-
-    import triton
-
-    mode = compile_only(spec.target) if spec.device == "cpu" else contextlib.nullcontext()
-    with mode:
-        warmup = load_callable(spec.warmup, "warmup")
-        layer = _layer(spec, spec.device)
-        with record_triton() as warm:
-            start = time.perf_counter()
-            warmup(layer)
-            if spec.device == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        calls = _workload_calls(spec, layer, record=True)
-    return {"warmup": warm.to_dict(), "warmup_seconds": seconds, "calls": calls, "triton": triton.__version__}
-
-
-def _cold_here(spec: WorkloadSpec) -> dict:
-    from .compile_only import compile_only
-    from .events import record_triton
-
-    with compile_only(spec.target), record_triton() as rec:
-        _workload_calls(spec, _layer(spec, "cpu"), record=False)
-    return {"workload": rec.to_dict()}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) != 2 or argv[0] not in ("judge", "cold"):
-        raise SystemExit("usage: python -m pytest_ssd.verdict judge|cold '<WorkloadSpec JSON>'")
-    spec = WorkloadSpec.from_json(argv[1])
-    result = _judge_here(spec) if argv[0] == "judge" else _cold_here(spec)
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""pytest_ssd.coverage on recordings of real compiles (compile-only, sm_90).
+"""pytest_ssd.verdict.reasons on recordings of real compiles (compile-only, sm_90).
 
 One warmup and one workload are recorded once for the module; each test checks that one
 kind of gap in the warmup is found and explained in words.
@@ -13,8 +13,8 @@ import torch
 
 import kernels_for_tests as kt
 from pytest_ssd.compile_only import compile_only
-from pytest_ssd.coverage import CoverageReport, compare
 from pytest_ssd.events import AutotuneEvent, Recording, record_triton
+from pytest_ssd.verdict.reasons import CoverageReport, compare
 
 N = 1 << 16
 

@@ -1,20 +1,23 @@
-"""Did the warmup cover the workload? ``compare(warmup, workload) -> CoverageReport``.
+"""Why a workload event was cold, and the warmup call that fixes it: ``compare(warmup, workload)``.
 
 After a good warmup the workload's recording is empty. Each compile or autotune event it
 does hold is something the warmup did not provide; the report explains each one in words by
-diffing it against the nearest warmed binary (or autotune key) of the same kernel.
+diffing it against the nearest warmed binary (or autotune key) of the same kernel. Both the
+fresh-process verdict (:mod:`pytest_ssd.verdict.fresh_process`) and the in-process warm set
+(:mod:`pytest_ssd.verdict.warm_set`) explain their misses here.
 
 ``unused`` lists warmed binaries and autotune keys the workload does not need. That is only
 knowable from a recording of the workload that saw *everything* it needs, i.e. one taken
 from a cold start (a fresh process, or fresh kernel objects under compile-only):
-pass it as ``workload_cold``. Without it ``unused`` is None (unknown).
+pass it as ``workload_cold``. Without it ``unused`` is None (unknown). ``autotune_candidates``
+tells the binaries an autotuner compiled to benchmark its configs from the rest.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
-from .events import AutotuneEvent, CompileEvent, Event, Recording
+from ..events import AutotuneEvent, CompileEvent, Event, Recording
 
 _SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64",
                  "float8_e4m3fn": "fp8e4nv", "float8_e5m2": "fp8e5", "int8": "i8", "int16": "i16",
@@ -198,7 +201,8 @@ def _explain_spec(event: CompileEvent, nearest: CompileEvent, name: str) -> str:
 
 # -- autotunes -----------------------------------------------------------------------------
 
-def _short_dtype(dtype: str | None) -> str:
+def short_dtype(dtype: str | None) -> str:
+    """Triton's short name of a dtype (``bf16`` for ``torch.bfloat16`` or ``bfloat16``); ``none`` for None."""
     name = (dtype or "none").removeprefix("torch.")
     return _SHORT_DTYPES.get(name, name)
 
@@ -220,13 +224,13 @@ def _why_tuned(event: AutotuneEvent, found: tuple | str) -> str:
             warmed_values = _values([k.key_values.get(name) for k in same])
             reasons.append(f"new autotune key ({name}={event.key_values.get(name)}; warmup had {warmed_values})")
         elif name not in nearest.key_dtypes:
-            reasons.append(f"{name} is a {_short_dtype(event.key_dtypes[name])} tensor; warmup passed no tensor "
+            reasons.append(f"{name} is a {short_dtype(event.key_dtypes[name])} tensor; warmup passed no tensor "
                            "there (one more dtype in the autotune key)")
         elif name not in event.key_dtypes:
-            reasons.append(f"{name} passed no tensor; warmup passed {_short_dtype(nearest.key_dtypes[name])} "
+            reasons.append(f"{name} passed no tensor; warmup passed {short_dtype(nearest.key_dtypes[name])} "
                            "(one dtype less in the autotune key)")
         else:
-            reasons.append(f"dtype {_short_dtype(event.key_dtypes[name])} vs {_short_dtype(nearest.key_dtypes[name])}"
+            reasons.append(f"dtype {short_dtype(event.key_dtypes[name])} vs {short_dtype(nearest.key_dtypes[name])}"
                            f" in the autotune key ({name})")
     return "; ".join(reasons)
 
@@ -278,7 +282,7 @@ def _fix_tuned(event: AutotuneEvent, found: tuple | str) -> str:
         elif name not in event.key_dtypes:
             hints.append(f"{name}=None")
         else:
-            hints.append(f"{name} as {_short_dtype(event.key_dtypes[name])}")
+            hints.append(f"{name} as {short_dtype(event.key_dtypes[name])}")
     return "add a warmup call with " + (", ".join(hints) if hints else "this autotune key")
 
 
@@ -312,7 +316,7 @@ class Candidates:
 
 def _key_words(tune: AutotuneEvent) -> str:
     values = ", ".join(f"{k}={v}" for k, v in tune.key_values.items())
-    dtypes = ", ".join(f"{k}:{_short_dtype(v)}" for k, v in tune.key_dtypes.items())
+    dtypes = ", ".join(f"{k}:{short_dtype(v)}" for k, v in tune.key_dtypes.items())
     return "; ".join(p for p in (values, dtypes) if p)
 
 
