@@ -10,15 +10,14 @@ and does not end the run.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from _metadata_scripts import prelude, run_script
 
 from pytest_ssd import latency, verdict
 from pytest_ssd.adapters import poisoned_like
@@ -331,22 +330,10 @@ def test_fuzzed_shapes_are_refused_by_both_checks_alike(case, monkeypatch):
 
 # ---- crash cases, each in a process of its own -------------------------------------------------
 
-_CRASH_PRELUDE = """
-import sys, torch
-from pytest_ssd.adapters import poisoned_like
-from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
-from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
-layer = make_mixer2_layer(nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=3)
-inputs = make_ssd_inputs(layer, [5, 17], seed=3)
-kw = inputs.kernel_kwargs(layer)
-if {foreign}:
-    kw.update({{k: kw[k].clone() for k in ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")}})
-def run():
-    out = poisoned_like(inputs.x)
-    mamba_chunk_scan_combined_varlen(out=out, **kw)
-    return out
-first = run()
-"""
+def _crash_prelude(foreign: bool) -> str:
+    return prelude(layer="nheads=2, head_dim=16, ssm_state_size=16, chunk_size=16, seed=3", seqlens=[5, 17],
+                   foreign=foreign, cuda=False)
+
 
 CRASH_CASES = {
     # The issue's SIGSEGV / "double free or corruption": the end offset moved past T after the check.
@@ -363,27 +350,26 @@ CRASH_CASES = {
 def test_writes_behind_the_kernels_back_never_crash_the_process(write, foreign):
     """Metadata checked once, then written where the version counter does not see it: the kernels
     read their private copy, so the second call neither crashes nor changes its result."""
-    script = _CRASH_PRELUDE.format(foreign=foreign) + f"""
+    script = _crash_prelude(foreign) + f"""
+first = run()
 {CRASH_CASES[write]}
 second = run()
 assert torch.equal(first, second) and not second.isnan().any(), "the result moved"
 print("OK")
 """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    done = run_script(script, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), \
         f"exit {done.returncode} (negative: killed by signal {-done.returncode})\n{done.stderr[-3000:]}"
 
 
 def test_bad_metadata_written_before_the_first_call_is_an_error_not_a_crash():
-    script = _CRASH_PRELUDE.replace("first = run()", "") .format(foreign=True) + """
+    script = _crash_prelude(True) + """
 kw['cu_chunk_seqlens'].numpy()[-1] += 10**6  # never checked yet: the check reads it
 try:
     run()
 except ValueError as e:
     print("ValueError:", e)
 """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    done = run_script(script, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ValueError: cu_chunk_seqlens: disagrees with cu_seqlens" in done.stdout

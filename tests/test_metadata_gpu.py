@@ -7,13 +7,10 @@ poison the CUDA context (and could end the run), so it must fail one test only. 
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from _metadata_scripts import prelude, run_script
 from pytest_ssd.adapters import poisoned_like
 from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
 from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
@@ -23,23 +20,10 @@ pytestmark = pytest.mark.gpu  # the plugin skips it without CUDA
 SEED = 977
 GPU_LAYER = dict(nheads=16, head_dim=64, ssm_state_size=128, chunk_size=64, seed=SEED, dtype=torch.bfloat16)
 
-_PRELUDE = """
-import torch
-from pytest_ssd.adapters import poisoned_like
-from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
-from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
-layer = make_mixer2_layer(nheads=16, head_dim=64, ssm_state_size=128, chunk_size=64, seed=3, dtype=torch.bfloat16,
-                          device="cuda")
-inputs = make_ssd_inputs(layer, [300, 1, 700], seed=3)
-kw = inputs.kernel_kwargs(layer)
-if {foreign}:
-    kw.update({{k: kw[k].clone() for k in ("cu_seqlens", "cu_chunk_seqlens", "seq_idx", "last_chunk_indices")}})
-def run():
-    out = poisoned_like(inputs.x)
-    mamba_chunk_scan_combined_varlen(out=out, **kw)
-    torch.cuda.synchronize()
-    return out
-"""
+
+def _prelude(foreign: bool) -> str:
+    return prelude(layer='nheads=16, head_dim=64, ssm_state_size=128, chunk_size=64, seed=3, dtype=torch.bfloat16, '
+                         'device="cuda"', seqlens=[300, 1, 700], foreign=foreign, cuda=True)
 
 # GPU-side writes: a kernel (through a DLPack alias or .data) does not bump the tensor's version.
 DEVICE_WRITES = {
@@ -51,15 +35,10 @@ DEVICE_WRITES = {
 }
 
 
-def _run_script(script: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
-
-
 @pytest.mark.parametrize("foreign", [False, True], ids=["chunk_metadata", "foreign"])
 @pytest.mark.parametrize("write", list(DEVICE_WRITES), ids=list(DEVICE_WRITES))
 def test_device_writes_after_the_check_never_reach_the_kernels(write, foreign):
-    done = _run_script(_PRELUDE.format(foreign=foreign) + f"""
+    done = run_script(_prelude(foreign) + f"""
 first = run()
 {DEVICE_WRITES[write]}
 torch.cuda.synchronize()
@@ -73,7 +52,7 @@ print("OK")
 
 @pytest.mark.parametrize("write", list(DEVICE_WRITES), ids=list(DEVICE_WRITES))
 def test_bad_device_metadata_before_the_first_call_is_an_error(write):
-    done = _run_script(_PRELUDE.format(foreign=True) + f"""
+    done = run_script(_prelude(True) + f"""
 {DEVICE_WRITES[write]}
 try:
     run()
