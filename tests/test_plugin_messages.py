@@ -7,6 +7,7 @@ Inner sessions run small Triton kernels in compile-only mode (real sm_90 compile
 import json
 
 import pytest
+import torch
 
 from kernels_for_tests import SCALE_KERNEL_TESTS
 from pytest_ssd.report import WIDTH, ColdRecord, SessionReport, WarmupRecord, WorkerReport
@@ -144,6 +145,11 @@ def test_the_seed_section_only_for_tests_that_used_a_seed(pytester):
     assert out.count("(this test's own seed") == 3
 
 
+# What a launch does on a machine without a GPU driver: a machine with one launches for real.
+NO_GPU_DRIVER = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU driver")
+
+
+@NO_GPU_DRIVER
 def test_without_a_gpu_driver_the_failure_hints_at_compile_only(pytester):
     pytester.makepyfile(KERNEL + """
     def test_launch():
@@ -156,6 +162,7 @@ def test_without_a_gpu_driver_the_failure_hints_at_compile_only(pytester):
     assert "1 test(s) failed with Triton's '0 active drivers'" in "\n".join(_section(result))
 
 
+@NO_GPU_DRIVER
 def test_an_idle_session_adds_no_hint(pytester):
     pytester.makepyfile(KERNEL + """
     def test_launch():

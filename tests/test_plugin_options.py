@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 PRINT_SETTINGS = """
     import json
@@ -31,8 +32,10 @@ def test_entry_point_loads_plugin_and_an_idle_session_prints_one_header_line(pyt
 def test_a_session_that_asks_gets_the_full_header(pytester):
     pytester.makepyfile("def test_ok(): pass")
     result = pytester.runpytest_subprocess("--ssd-dtype", "bf16")
-    result.stdout.fnmatch_lines(["pytest-ssd 0.1.0: device=cpu (auto): numerics under Triton's interpreter; "
-                                 "warmup coverage in compile-only mode for cuda:90 (fresh processes)",
+    device = ("pytest-ssd 0.1.0: device=cuda (auto): kernels run on the GPU" if torch.cuda.is_available() else
+              "pytest-ssd 0.1.0: device=cpu (auto): numerics under Triton's interpreter; "
+              "warmup coverage in compile-only mode for cuda:90 (fresh processes)")
+    result.stdout.fnmatch_lines([device,
                                  "pytest-ssd: kernel=pytest_ssd.kernels:*",
                                  "pytest-ssd: require_warm=False, dtype=bf16 (cli), seed=*reproduce with --ssd-seed=*"])
 

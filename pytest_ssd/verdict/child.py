@@ -68,8 +68,7 @@ def _judge_here(spec: WorkloadSpec) -> dict:
     from ..compile_only import compile_only
     from ..events import record_triton
     from ..options import load_callable
-
-    import triton
+    from ..triton_compat import triton_version
 
     mode = compile_only(spec.target) if spec.device == "cpu" else contextlib.nullcontext()
     with mode:
@@ -82,7 +81,7 @@ def _judge_here(spec: WorkloadSpec) -> dict:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
         calls = _workload_calls(spec, layer, record=True)
-    return {"warmup": warm.to_dict(), "warmup_seconds": seconds, "calls": calls, "triton": triton.__version__}
+    return {"warmup": warm.to_dict(), "warmup_seconds": seconds, "calls": calls, "triton": triton_version()}
 
 
 def _cold_here(spec: WorkloadSpec) -> dict:
