@@ -293,7 +293,8 @@ def _candidates():
     The grid the defaults were picked from (H100, the workload above, per-kernel device time):
     chunk_scan BLOCK_M 32/64/128, BLOCK_K 16/32/64, BLOCK_DSTATE 32/64/128, 2-8 warps, 1-3 stages;
     chunk_state BLOCK_N 64/128, BLOCK_K 16-128, 4/8 warps, 2-4 stages; bmm and state passing
-    barely move (5.5 us, 51 us at the DRAM roofline). Below: the winners and their neighbours.
+    barely move (5.5 us, 51 us at the DRAM roofline). Below: the winners and their neighbours
+    (the same picks won on an H200, 2026-12-01; float32 has its own, see fp32_precision.py --sweep).
     """
     from pytest_ssd.kernels.configs import LaunchConfig as C
 
