@@ -209,7 +209,10 @@ def test_bench_peers_check_only_guards_the_bundled_kernel_of_the_committed_basel
 
     slipped = _check_only("bench_peers.py", _slipped_copy(tmp_path, "h200_bench_peers.json", slip), baseline)
     assert slipped.returncode == 1
-    assert "slipped: bundled float16 steady_ms 0.39 -> 0.4329 (+11.0%, tolerance 10%)" in slipped.stdout
+    was = next(r["steady_ms"] for r in json.loads(baseline.read_text())["rows"]
+               if r["name"] == "bundled" and r["dtype"] == "float16")  # the baseline is re-recorded now and then
+    assert f"slipped: bundled float16 steady_ms {was:g} -> {round(was * 1.11, 4):g} (+11.0%, tolerance 10%)" \
+        in slipped.stdout
     assert "vllm" not in slipped.stdout
 
 
