@@ -61,6 +61,9 @@ def _chunk_scan_kernel(
     state_offs = offs_n[None, :] * N + offs_s[:, None]  # (dstate, head_dim) view of a (P, N) state
 
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    # Two copies of the state-term loop: the previous chunk's state (float32) and the initial state
+    # (any state dtype) are pointers of different types, and a nested @jit helper is not callable
+    # under the interpreter; one loop over masked loads of both would add loads to every binary.
     if prev_seq == seq:
         prev_ptrs = states_ptr + ((chunk64 - 1) * H + h) * (P * N) + state_offs
         for s0 in range(0, N, BLOCK_DSTATE):
