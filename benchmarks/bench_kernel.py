@@ -294,15 +294,17 @@ def _candidates():
     chunk_scan BLOCK_M 32/64/128, BLOCK_K 16/32/64, BLOCK_DSTATE 32/64/128, 2-8 warps, 1-3 stages;
     chunk_state BLOCK_N 64/128, BLOCK_K 16-128, 4/8 warps, 2-4 stages; bmm and state passing
     barely move (5.5 us, 51 us at the DRAM roofline). Below: the winners and their neighbours
-    (the same picks won on an H200, 2026-12-01; float32 has its own, see fp32_precision.py --sweep).
+    (the same picks won on an H200, 2026-12-01; float32 has its own, see fp32_precision.py --sweep;
+    chunk_scan's register cap of 128 came from kernel_variants.py on an H200, 2026-12-02).
     """
     from pytest_ssd.kernels.configs import LaunchConfig as C
 
     return {
-        "chunk_scan": [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=k, BLOCK_DSTATE=s), num_warps=w, num_stages=st)
-                       for m, k, s, w, st in [(64, 32, 128, 4, 1), (64, 32, 64, 4, 1), (64, 16, 128, 4, 1),
-                                              (64, 32, 128, 4, 2), (64, 64, 64, 4, 1), (32, 32, 64, 2, 1),
-                                              (128, 32, 64, 8, 1)]],
+        "chunk_scan": [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=k, BLOCK_DSTATE=s), num_warps=w, num_stages=st, maxnreg=r)
+                       for m, k, s, w, st, r in [(64, 32, 128, 4, 1, 128), (64, 32, 128, 4, 1, None),
+                                                 (64, 32, 64, 4, 1, 128), (64, 16, 128, 4, 1, 128),
+                                                 (64, 32, 128, 4, 2, 128), (64, 64, 64, 4, 1, 128),
+                                                 (32, 32, 64, 2, 1, None), (128, 32, 64, 8, 1, None)]],
         "chunk_state": [C(dict(BLOCK_M=64, BLOCK_N=n, BLOCK_K=k), num_warps=4, num_stages=st)
                         for n, k, st in [(128, 32, 3), (128, 16, 3), (64, 32, 3), (128, 32, 4), (128, 64, 2)]],
         "bmm_chunk": [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=64), num_warps=4, num_stages=2) for m in (64, 128)],

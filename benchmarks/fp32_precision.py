@@ -98,7 +98,8 @@ def _sweep(torch) -> dict:
 
     # The float32 defaults (kernels/configs.py) and their neighbours on the H200 (docs/kernel.md).
     candidates = {
-        "chunk_scan": [None] + [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=k, BLOCK_DSTATE=s), num_warps=w, num_stages=st)
+        "chunk_scan": [None] + [C(dict(BLOCK_M=m, BLOCK_N=64, BLOCK_K=k, BLOCK_DSTATE=s), num_warps=w, num_stages=st,
+                                  maxnreg=128)
                                 for m, k, s, w, st in [(64, 32, 128, 4, 1), (64, 32, 64, 4, 1), (64, 32, 16, 4, 1),
                                                        (64, 16, 32, 4, 1), (64, 32, 32, 4, 2), (128, 32, 32, 8, 1)]],
         "chunk_state": [None] + [C(dict(BLOCK_M=64, BLOCK_N=n, BLOCK_K=k), num_warps=w, num_stages=st)

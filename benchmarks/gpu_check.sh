@@ -15,7 +15,8 @@
 #                fails when a figure of ours slips >10% against PEERS_BASELINE (default: the committed
 #                benchmarks/results/h200_bench_peers.json; benchmarks/README.md, "Regression guard")
 #   fp32.json    benchmarks/fp32_precision.py (fp32 dot precision: time, error, warmup)
-# Usage (device tool): bash benchmarks/gpu_check.sh [tests|gpu|suite|fp32|latency|recorder|kernel|probe|host|peers|benchpeers ...]
+#   variants.json benchmarks/kernel_variants.py (16-bit kernel variants: time per kernel, accuracy)
+# Usage (device tool): bash benchmarks/gpu_check.sh [tests|gpu|suite|fp32|variants|latency|recorder|kernel|probe|host|peers|benchpeers ...]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -40,6 +41,7 @@ for step in $steps; do
                 --ssd-report "$OUT/suite.json" --ssd-manifest "$OUT/manifest_gpu.json" \
                 --ssd-manifest-check pytest_ssd/suite/manifest_cuda90.json 2>&1 | tee "$OUT/suite.log" ;;
     fp32)     python3 benchmarks/fp32_precision.py "$OUT/fp32.json" 2>&1 | tail -14 ;;
+    variants) python3 benchmarks/kernel_variants.py "$OUT/variants.json" ${VARIANTS:+--only "$VARIANTS"} 2>&1 | tail -40 ;;
     latency)  python3 benchmarks/bench_latency.py "$OUT/latency.json" --rounds 3 2>&1 | tail -12 ;;
     recorder) python3 benchmarks/bench_recorder.py "$OUT/recorder.json" 2>&1 | tail -6 ;;
     kernel)   python3 benchmarks/bench_kernel.py "$OUT/bench.json" --timeout 200 --repeat 2 2>&1 | tail -12 ;;

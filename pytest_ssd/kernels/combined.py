@@ -230,7 +230,8 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
 
     def stage(name, kernel, tiles, **constexprs):
         c = cfg[name]
-        return _StagePlan(kernel.pick(interpret), dict(constexprs, **c.launch_kwargs(interpret)), tiles(c.blocks))
+        return _StagePlan(kernel.pick(interpret), dict(constexprs, **c.launch_kwargs(interpret, cuda=not amd)),
+                          tiles(c.blocks))
 
     return _Plans(
         stage("chunk_state", CHUNK_STATE, lambda b: triton.cdiv(P, b["BLOCK_M"]) * triton.cdiv(N, b["BLOCK_N"]),
