@@ -262,6 +262,52 @@ def test_binary_key_tells_binaries_apart_as_triton_does(ssd_seed) -> None:
     assert binary_key(_stage_kernels()[0].compiled, (x, None, 1.5, 32), {"BLOCK": 16, "num_warps": 4}) != key
 
 
+@pytest.mark.skipif(not triton_compat.version_at_least(3, 3), reason="3.2 keeps no per-device binder to race on")
+def test_precompile_from_threads_at_once_keeps_every_binary(ssd_seed) -> None:
+    """Threads that meet a fresh kernel together each compile their binary into one cache. Its
+    per-device entry comes from a defaultdict's factory: a second entry, built late by another
+    thread, would replace the first after a binary was stored in it (here each later build
+    takes longer than a compile), and that binary would compile again at launch."""
+    import time
+
+    import kernels_for_tests as kt
+    from triton.runtime.jit import JITFunction
+
+    builds = []
+
+    class SlowerBinderEachTime(JITFunction):
+        def create_binder(self):
+            builds.append(threading.current_thread().name)
+            time.sleep(0.5 * (len(builds) - 1))
+            return super().create_binder()
+
+    print(f"seed={ssd_seed}")
+    torch.manual_seed(ssd_seed)
+    jit = SlowerBinderEachTime(kt.scale)
+    x, out = torch.randn(64), torch.randn(64)
+    launches = [((1,), (x, out, 64, 1), {"BLOCK": block, "DOUBLE": double})
+                for block in (32, 64) for double in (False, True)]
+    barrier = threading.Barrier(len(launches))
+
+    def compile_one(launch) -> None:
+        with join_compile_only():
+            barrier.wait()
+            triton_compat.precompile(jit, *launch)
+
+    with compile_only("cuda:90"):
+        with record_triton() as ahead:
+            threads = [threading.Thread(target=compile_one, args=(launch,)) for launch in launches]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        with record_triton() as launched:
+            for grid, args, constexprs in launches:
+                jit[grid](*args, **constexprs)
+    assert len(builds) == 1, f"the per-device entry was built {len(builds)} times"
+    assert len(ahead.compiles) == 4 and launched.events == [], [e.describe() for e in launched.events]
+
+
 def test_join_compile_only_enters_the_open_block_from_a_worker_thread() -> None:
     with pytest.raises(RuntimeError, match="no compile_only block is active"):
         with join_compile_only():

@@ -2,7 +2,9 @@
 
 Dispatch: CPU tensors outside compile-only mode run the interpreted kernels (numerics on any
 machine); CUDA tensors, and any tensors inside :func:`pytest_ssd.compile_only.compile_only`, run
-the compiled kernels through Triton's real JIT path.
+the compiled kernels through Triton's real JIT path. Inside :func:`collect_launches` the compiled
+path records its four launches instead of launching them (the warmup compiles their binaries
+side by side from that record).
 
 What a request can change, and what it cannot (this is what makes one warmup cover every batch):
 token counts, sequence counts and chunk counts reach the kernels only through the *contents* of
@@ -132,14 +134,14 @@ def mamba_chunk_scan_combined_varlen(
         collected = _COLLECTING.get(threading.get_ident()) if _COLLECTING and not interpret else None
         launch = _launch if collected is None else functools.partial(_collect, collected)
         launch(chunk_state, (chunk_state.tiles, nchunks, H),
-                (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
+               (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
         launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index, stream)
         final_states = torch.empty((S, H, P, N), dtype=torch.float32, device=device)
         launch(state_passing, (state_passing.tiles, H, S),
-                (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index, stream)
+               (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index, stream)
         launch(chunk_scan, (chunk_scan.tiles, nchunks, H),
-                (x, z, out, C, CB, dt_out, dA_cumsum, chunk_states, initial_states, D, cu_chunks, seq_idx32),
-                device_index, stream)
+               (x, z, out, C, CB, dt_out, dA_cumsum, chunk_states, initial_states, D, cu_chunks, seq_idx32),
+               device_index, stream)
     if state_dtype is None:
         state_dtype = initial_states.dtype if initial_states is not None else x.dtype
     result = chunk_states if return_intermediate_states else final_states

@@ -1,16 +1,20 @@
 """Compiling a launch's binary before the launch, from several threads at once.
 
-| what                                    | 3.2                         | 3.3-3.5                     | 3.6-3.9           |
-|-----------------------------------------|-----------------------------|-----------------------------|-------------------|
-| ``JITFunction.warmup(*args, grid=, **kw)`` | compiles what ``jit[grid](*args, **kw)`` launches, into the same cache; launches nothing | same | same |
-| a kernel's binder and binary cache      | ``binder``, built at the first launch; binaries in a ``defaultdict(dict)`` | ``device_caches[device]``, a ``defaultdict`` whose Python factory builds both | same |
-| the source hash (``cache_key``)         | computed at first use, unguarded | same                   | under a lock      |
+| what                                 | 3.2                         | 3.3-3.4                   | 3.6-3.9          |
+|--------------------------------------|-----------------------------|---------------------------|------------------|
+| ``JITFunction.warmup(*a, grid=, **k)`` | compiles what ``jit[grid](*a, **k)`` launches | same | same |
+| a kernel's binder, binaries per device | ``binder``, built at first launch | ``device_caches[device]`` | same |
+| the source hash (``cache_key``)      | computed at first use, unguarded | same                 | under a lock     |
+| the GIL while compiling              | (not measured)              | 3.4: held in the passes   | released there   |
 
-Two threads that meet a kernel's ``device_caches`` entry missing each build one, and the
-binaries stored in the one that loses are gone: the next launch compiles again. 3.2's
-``binder`` race builds an equal binder twice, which is harmless. So :func:`precompile` builds
-the entry and the hash under a lock of ours before it compiles; the compiles themselves run
-side by side (Triton releases the GIL in its MLIR and LLVM passes, and ptxas is a subprocess).
+(3.5 was not read; it lies between two releases that agree on the first two rows.)
+``warmup`` compiles into the cache the launch reads, with the launch's own arguments. A
+``device_caches`` entry is built by a ``defaultdict``'s Python factory: two threads that meet
+it missing each build one, and an entry set late replaces one that a binary was already stored
+in (that binary compiles again at its launch). 3.2's ``binder`` race builds an equal binder
+twice, which is harmless.
+So :func:`precompile` builds the entry and the hash under a lock of ours; the compiles
+themselves run side by side (ptxas, a subprocess, overlaps on every version).
 
 What a binary is specialized on (:func:`binary_key`) is the same on 3.2-3.9 for CUDA: the
 constexprs and launch options; per pointer the dtype and 16-byte alignment, or None; per
@@ -33,7 +37,8 @@ def precompile(jit: Any, grid: tuple, args: tuple, constexprs: dict) -> None:
 
     ``jit`` is a plain ``JITFunction``; ``args`` its leading parameters, ``constexprs`` the rest
     by name with the launch options. Safe to call from several threads at once, also for one
-    kernel; the compile hooks fire on the calling thread, as for a launch.
+    kernel; two calls for one binary at once both compile it, so merge launches first
+    (:func:`binary_key`). The compile hooks fire on the calling thread, as for a launch.
     """
     from triton.runtime.driver import driver
 
