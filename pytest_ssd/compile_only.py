@@ -178,6 +178,18 @@ def compile_only(target: str = "cuda:90", *, persist_autotune: bool = False) -> 
                 stack.close()
 
 
+@contextmanager
+def join_compile_only() -> Iterator[None]:
+    """In a worker thread: enter the ``compile_only`` block that another thread holds open, with
+    its settings, for as long as that thread waits for this one. RuntimeError when none is."""
+    with _lock:
+        settings = _settings if _depth else None
+    if settings is None:
+        raise RuntimeError("join_compile_only(): no compile_only block is active to join")
+    with compile_only(settings[0], persist_autotune=settings[1]):
+        yield
+
+
 def _warn_if_foreign_thread() -> None:
     me = threading.get_ident()
     if me in _owners or me in _warned:

@@ -8,13 +8,22 @@ one. The bundled kernel takes no request-dependent integer and only aligned poin
 :mod:`pytest_ssd.kernels.combined`), so here one small call per ``HAS_INITSTATES`` value
 compiles every binary any later batch of the layer uses: any token count, any mix of sequence
 lengths, with or without initial states.
+
+Those calls compile six binaries (chunk state, C.B^T, state passing and chunk scan, the last two
+once per ``HAS_INITSTATES`` value). For the bundled kernel they compile side by side, one thread
+each, before the calls run (:func:`_compile_side_by_side`): Triton releases the GIL in its MLIR
+and LLVM passes and ptxas is a subprocess, so the wall time comes near the slowest compile
+instead of the sum. The calls then find every binary in the JIT cache.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -60,15 +69,20 @@ def warmup_ssd_kernels(
     A configuration already warmed in this process is skipped (``calls == 0``); the first
     warmup of each configuration logs one line on the ``pytest_ssd`` logger. Inside
     :func:`pytest_ssd.compile_only.compile_only` the same calls compile without executing.
+
+    With the bundled kernel, where it compiles (CUDA tensors, or compile-only), the binaries of
+    the two calls compile side by side first; should that fail, a warning is logged and the
+    calls compile them one after another (raising what is really wrong, if anything is).
     """
-    from .compile_only import active_target
+    from .compile_only import active_target, compile_only_active
+    from .kernels import mamba_chunk_scan_combined_varlen as bundled
     from .layer import Mixer2Layer, make_ssd_inputs
 
     if not isinstance(layer, Mixer2Layer):
         raise ValueError(f"layer: expected a pytest_ssd.layer.Mixer2Layer (make_mixer2_layer), got "
                          f"{type(layer).__name__}")
     if kernel is None:
-        from .kernels import mamba_chunk_scan_combined_varlen as kernel
+        kernel = bundled
     elif not callable(kernel):
         raise ValueError(f"kernel: expected the SSD entry point (a callable), got {type(kernel).__name__}")
     device = torch.device(layer.device if device is None else device)
@@ -92,12 +106,22 @@ def warmup_ssd_kernels(
     if max_num_tokens is not None:
         calls.append(([max_num_tokens], False))
     params = {p: getattr(layer, p).to(device) for p in ("A", "D", "dt_bias")}  # the layer's own, on the device
-    warmed = []
-    start = time.perf_counter()
-    for seqlens, with_initial_states in calls:
+
+    def call(seqlens: list, with_initial_states: bool) -> None:
         inputs = make_ssd_inputs(layer, seqlens, seed=0, with_initial_states=with_initial_states, with_z=with_z,
                                  device=device)
         kernel(out=torch.empty_like(inputs.x), **{**inputs.kernel_kwargs(layer), **params})
+
+    warmed = []
+    start = time.perf_counter()
+    if kernel is bundled and (device.type == "cuda" or compile_only_active()):
+        try:  # the max_num_tokens call uses the first call's binaries (see pytest_ssd.kernels.combined)
+            _compile_side_by_side(call, calls[:2], device)
+        except Exception as error:  # the calls below compile what is left, and raise what is real
+            logger.warning("pytest-ssd: compiling the binaries of %s) side by side failed (%s: %s); the warmup "
+                           "compiles them one call at a time", what, type(error).__name__, error)
+    for seqlens, with_initial_states in calls:
+        call(seqlens, with_initial_states)
         tokens = "" if len(calls) == 2 else f", {sum(seqlens)} tokens"
         warmed.append(f"{what}, HAS_INITSTATES={with_initial_states}{tokens})")
     if device.type == "cuda":
@@ -107,3 +131,52 @@ def warmup_ssd_kernels(
     logger.info("pytest-ssd: warmed %s in %.2f s (%d calls, HAS_INITSTATES False and True)",
                 what + ")", seconds, len(warmed))
     return WarmupResult(warmed=warmed, seconds=seconds, calls=len(warmed))
+
+
+def _compile_side_by_side(call: Callable[[list, bool], None], calls: Sequence[tuple], device: torch.device) -> None:
+    """Compile every binary that ``call(seqlens, with_initial_states)`` of the bundled kernel
+    launches for ``calls``, one thread per binary, up to one per usable CPU; launch nothing.
+
+    The calls run once with their launches collected instead of launched
+    (:func:`pytest_ssd.kernels.combined.collect_launches`); launches that pick one binary
+    (:func:`pytest_ssd.triton_compat.binary_key`) compile once, with the very arguments the
+    launch passes, so each thread fills the JIT cache entry the real call reads. Each thread
+    compiles on the warmup's device: inside the compile-only block it joins, or with the
+    CUDA device set (torch keeps the current device per thread). Compile hooks fire on the
+    compiling thread, which the event recorder takes from any thread. Raises the first
+    failure once every thread is done.
+    """
+    from .compile_only import compile_only_active, join_compile_only
+    from .kernels.combined import collect_launches
+    from .triton_compat import binary_key, precompile
+
+    with collect_launches() as launches:
+        for seqlens, with_initial_states in calls:
+            call(seqlens, with_initial_states)
+    distinct: dict = {}
+    for launch in launches:
+        distinct.setdefault(binary_key(launch.kernel, launch.args, launch.constexprs), launch)
+    if compile_only_active():
+        on_device = join_compile_only
+    else:
+        on_device = functools.partial(torch.cuda.device, torch.cuda.current_device() if device.index is None
+                                      else device.index)
+
+    def compile_one(launch) -> None:
+        with on_device():
+            precompile(*launch)
+
+    # Chunk scan, the last stage, takes longest to compile: with fewer CPUs than binaries it starts first.
+    order = list(distinct.values())[::-1]
+    with ThreadPoolExecutor(max_workers=min(len(order), _usable_cpus()),
+                            thread_name_prefix="pytest-ssd-warmup") as pool:
+        futures = [pool.submit(compile_one, launch) for launch in order]
+    for future in futures:
+        future.result()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

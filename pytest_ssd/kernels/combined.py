@@ -2,7 +2,9 @@
 
 Dispatch: CPU tensors outside compile-only mode run the interpreted kernels (numerics on any
 machine); CUDA tensors, and any tensors inside :func:`pytest_ssd.compile_only.compile_only`, run
-the compiled kernels through Triton's real JIT path.
+the compiled kernels through Triton's real JIT path. Inside :func:`collect_launches` the compiled
+path records its four launches instead of launching them (the warmup compiles their binaries
+side by side from that record).
 
 What a request can change, and what it cannot (this is what makes one warmup cover every batch):
 token counts, sequence counts and chunk counts reach the kernels only through the *contents* of
@@ -29,10 +31,11 @@ DLPack, another kernel) cannot reach them (:class:`pytest_ssd.chunking.SealedSto
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 import triton
@@ -128,15 +131,17 @@ def mamba_chunk_scan_combined_varlen(
         device_index = device.index if direct else None
         stream = _LAUNCHER.stream(device_index) if direct else None
         chunk_state, bmm, state_passing, chunk_scan = plans[:4]
-        _launch(chunk_state, (chunk_state.tiles, nchunks, H),
-                (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
-        _launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index, stream)
+        collected = _COLLECTING.get(threading.get_ident()) if _COLLECTING and not interpret else None
+        launch = _launch if collected is None else functools.partial(_collect, collected)
+        launch(chunk_state, (chunk_state.tiles, nchunks, H),
+               (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
+        launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index, stream)
         final_states = torch.empty((S, H, P, N), dtype=torch.float32, device=device)
-        _launch(state_passing, (state_passing.tiles, H, S),
-                (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index, stream)
-        _launch(chunk_scan, (chunk_scan.tiles, nchunks, H),
-                (x, z, out, C, CB, dt_out, dA_cumsum, chunk_states, initial_states, D, cu_chunks, seq_idx32),
-                device_index, stream)
+        launch(state_passing, (state_passing.tiles, H, S),
+               (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index, stream)
+        launch(chunk_scan, (chunk_scan.tiles, nchunks, H),
+               (x, z, out, C, CB, dt_out, dA_cumsum, chunk_states, initial_states, D, cu_chunks, seq_idx32),
+               device_index, stream)
     if state_dtype is None:
         state_dtype = initial_states.dtype if initial_states is not None else x.dtype
     result = chunk_states if return_intermediate_states else final_states
@@ -259,6 +264,45 @@ def _launch(stage: _StagePlan, grid: tuple, args: tuple, device_index: Optional[
     dispatch and go to the binary it picked, on ``stream`` (looked up once per call)."""
     key = None if device_index is None else (stage, device_index)
     _LAUNCHER.launch(stage.kernel, grid, args, stage.constexprs, key, stream)
+
+
+class CollectedLaunch(NamedTuple):
+    """One launch of the compiled path, recorded instead of launched (:func:`collect_launches`):
+    ``kernel[grid](*args, **constexprs)`` is what the call would have run."""
+
+    kernel: Any  # a JITFunction
+    grid: tuple
+    args: tuple  # the leading parameters, in order: tensors (or None) and floats
+    constexprs: dict  # the rest by name, and the launch options (num_warps, num_stages)
+
+
+_COLLECTING: dict = {}  # thread id -> its list of CollectedLaunch, inside collect_launches()
+
+
+@contextlib.contextmanager
+def collect_launches() -> Iterator[list]:
+    """Inside the block, this thread's calls of the entry point that take the compiled path
+    (CUDA tensors, or any tensors under :func:`pytest_ssd.compile_only.compile_only`) check
+    their arguments and plan as always, then append their four launches to the yielded list
+    (:class:`CollectedLaunch`, in launch order) instead of launching them: nothing compiles,
+    nothing runs, outputs stay unwritten. Interpreted calls run as always and add nothing.
+
+    For :func:`pytest_ssd.warmup.warmup_ssd_kernels`, which compiles the collected launches'
+    binaries side by side before its real calls. Other threads' calls are not collected.
+    """
+    me = threading.get_ident()
+    if me in _COLLECTING:
+        raise RuntimeError("collect_launches() is already active in this thread: blocks do not nest")
+    _COLLECTING[me] = collected = []
+    try:
+        yield collected
+    finally:
+        del _COLLECTING[me]
+
+
+def _collect(collected: list, stage: _StagePlan, grid: tuple, args: tuple, _device_index: Optional[int],
+             _stream: Any) -> None:
+    collected.append(CollectedLaunch(stage.kernel, grid, args, stage.constexprs))
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}

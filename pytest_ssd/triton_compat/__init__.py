@@ -10,6 +10,7 @@ differs by version for it:
 - :mod:`.observe`: the recorder's hook adapters (``observe_triton``, ``watch_jit_cache``), with
   :mod:`.jit_hooks`, :mod:`.autotune_hooks`, :mod:`.fields` and :mod:`._registry` under it;
 - :mod:`.driver`: the driver swap and autotuning for compile-only mode;
+- :mod:`.compile_ahead`: compiling a launch's binary ahead of it, from several threads (``precompile``);
 - :mod:`._versions`: the installed version, and the only version test (``version_at_least``).
 
 Callers import from here: ``from pytest_ssd.triton_compat import kernel_pair``.
@@ -20,10 +21,11 @@ from .fields import named_tuning_key
 from .interpreter_autotune import interpreter_autotuning, interpreter_benchmarker, tunes_interpreted
 from .launch import DIRECT_LAUNCH, DirectLauncher, KernelPair, autotune, jit_dispatch, kernel_pair
 from .observe import observe_triton, watch_jit_cache
+from .compile_ahead import binary_key, precompile
 
 __all__ = [
     "DIRECT_LAUNCH", "DirectLauncher", "KernelPair", "LOADED_BINARY_STUB", "autotune", "autotune_with_active_driver",
-    "interpreter_autotuning", "interpreter_benchmarker", "jit_dispatch", "kernel_pair", "named_tuning_key",
-    "observe_triton", "swap_active_driver", "triton_release", "triton_version", "tunes_interpreted",
-    "version_at_least", "watch_jit_cache",
+    "binary_key", "interpreter_autotuning", "interpreter_benchmarker", "jit_dispatch", "kernel_pair",
+    "named_tuning_key", "observe_triton", "precompile", "swap_active_driver", "triton_release", "triton_version",
+    "tunes_interpreted", "version_at_least", "watch_jit_cache",
 ]
