@@ -49,6 +49,8 @@ class CompileEvent:
     a fresh machine would compile it) or ``unknown``. ``compile_only``: recorded under
     :func:`pytest_ssd.compile_only.compile_only`. ``during_autotune``: compiled while an
     autotuner benchmarked its configs (a candidate, see :func:`pytest_ssd.verdict.autotune_candidates`).
+    ``options``: launch options that change the binary, set away from their defaults
+    (``{"maxnreg": 128}``; ``triton_compat.fields.BINARY_OPTIONS``), usually empty.
     """
 
     kind: ClassVar[str] = "compile"
@@ -66,16 +68,20 @@ class CompileEvent:
     seconds: float | None
     compile_only: bool = False
     during_autotune: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def identity(self) -> str:
         """Stable across processes: the same binary has the same identity on every worker.
 
-        Built from the kernel, constexprs, signature, specializations, warps, stages and
-        target; never from times, integer values, pid or source.
+        Built from the kernel, constexprs, signature, specializations, warps, stages, target
+        and the launch options set away from their defaults (``maxnreg``, ...: only when there
+        are any, so a binary without them keeps its identity); never from times, integer
+        values, pid or source.
         """
-        return _digest(["compile", self.module, self.kernel, self.target, self.constexprs, self.signature,
-                        self.specializations, self.num_warps, self.num_stages])
+        parts = ["compile", self.module, self.kernel, self.target, self.constexprs, self.signature,
+                 self.specializations, self.num_warps, self.num_stages]
+        return _digest(parts + [self.options] if self.options else parts)
 
     def arg_words(self, name: str) -> str:
         """One argument as ``describe()`` shows it, e.g. ``seqlen:i32=6565 %16=False``."""
@@ -89,7 +95,8 @@ class CompileEvent:
         constexprs = ", ".join(f"{k}={v}" for k, v in self.constexprs.items())
         args = ", ".join(self.arg_words(name) for name in self.signature)
         mode = " (compile-only)" if self.compile_only else ""
-        return (f"{self.kernel}[{constexprs}] ({args}) warps={self.num_warps} stages={self.num_stages} "
+        options = "".join(f" {k}={v}" for k, v in self.options.items())
+        return (f"{self.kernel}[{constexprs}] ({args}) warps={self.num_warps} stages={self.num_stages}{options} "
                 f"{self.target} {self.source} {_seconds(self.seconds)}{mode}")
 
     def to_dict(self) -> dict:

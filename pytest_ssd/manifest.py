@@ -36,11 +36,15 @@ def _arg(event, name: str) -> str:
 
 
 def _binary_record(event) -> dict:
-    """One binary of a :class:`~pytest_ssd.events.CompileEvent`: exactly the fields of its identity."""
-    return {"kernel": event.kernel, "module": event.module, "constexprs": dict(event.constexprs),
-            "args": {name: _arg(event, name) for name in event.signature},
-            "num_warps": event.num_warps, "num_stages": event.num_stages, "target": event.target,
-            "candidate": bool(event.during_autotune)}
+    """One binary of a :class:`~pytest_ssd.events.CompileEvent`: exactly the fields of its identity
+    (``options`` only where it sets any, as the identity)."""
+    record = {"kernel": event.kernel, "module": event.module, "constexprs": dict(event.constexprs),
+              "args": {name: _arg(event, name) for name in event.signature},
+              "num_warps": event.num_warps, "num_stages": event.num_stages, "target": event.target,
+              "candidate": bool(event.during_autotune)}
+    if event.options:
+        record["options"] = dict(event.options)
+    return record
 
 
 def _autotune_record(event) -> dict:
@@ -167,6 +171,7 @@ def _words(binary: dict) -> list:
     words += [f"{k}:{v}" for k, v in binary["args"].items()]
     words += [f"num_warps={binary['num_warps']}", f"num_stages={binary['num_stages']}", f"target={binary['target']}",
               f"module={binary['module']}"]
+    words += [f"{k}={v}" for k, v in binary.get("options", {}).items()]
     return words + (["autotune candidate"] if binary["candidate"] else [])
 
 
@@ -188,7 +193,10 @@ def _binary_groups(sign: str, changed: list, others: list) -> list:
             continue
         for b in mine:  # each against the binary of the kernel it is closest to
             closest = max(theirs, key=lambda words: len(words & set(_words(b))))
-            lines.append(f"{sign} 1 binary of `{kernel}` ({', '.join(w for w in _words(b) if w not in closest)})")
+            own = [w for w in _words(b) if w not in closest]
+            # a binary whose words are all the closest one's lacks some of them (e.g. a launch option)
+            told = ", ".join(own) if own else "without " + ", ".join(sorted(closest - set(_words(b))))
+            lines.append(f"{sign} 1 binary of `{kernel}` ({told})")
     return lines
 
 

@@ -180,6 +180,14 @@ def test_a_binary_with_no_word_of_its_own_is_named_against_its_closest():
     assert mf.diff(old, new)[1:] == ["  + 1 binary of `_k` (B=1)"]
 
 
+def test_a_launch_option_is_a_word_and_its_absence_is_named():
+    capped = {**binary(A=0), "options": {"maxnreg": 128}}
+    old = mf.build([entry([binary(A=0)])])
+    new = mf.build([entry([capped])])
+    assert mf.diff(old, new)[1:] == ["  + 1 binary of `_k` (maxnreg=128)",
+                                     "  - 1 binary of `_k` (without maxnreg=128)"]
+
+
 def test_accepting_keeps_the_seconds_of_unchanged_entries():
     committed = mf.build([entry([binary(A=0)], seconds=1.0), entry([binary(A=0)], seconds=2.0, nheads=4)])
     session = mf.build([entry([binary(A=0)], seconds=7.0), entry([binary(A=1)], seconds=8.0, nheads=4)])

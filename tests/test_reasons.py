@@ -143,6 +143,28 @@ def test_launch_options_and_target_are_explained(recorded):
     assert miss.reason == "num_warps 8 vs 4 in warmup; target cuda:80 vs cuda:90 in warmup"
 
 
+def test_a_register_cap_is_a_binary_of_its_own_and_its_reason(tmp_path, monkeypatch):
+    """Two real compiles (compile-only, sm_90) that differ only in ``maxnreg``: two binaries, and
+    the one after the warmup is explained by that option, not as the warmed binary compiled again."""
+    torch.manual_seed(0)
+    x, init, out = torch.randn(N), torch.randn(N), torch.randn(N)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    with compile_only("cuda:90"):
+        scan = kt.make_chunk_scan()
+        with record_triton() as warmup:
+            scan[(1,)](x, init, out, 256, HAS_INITSTATES=False, BLOCK=64, maxnreg=128)
+        with record_triton() as workload:
+            scan[(1,)](x, init, out, 256, HAS_INITSTATES=False, BLOCK=64, maxnreg=128)  # warm
+            scan[(1,)](x, init, out, 256, HAS_INITSTATES=False, BLOCK=64)  # no cap: another binary
+    (warm,) = warmup.compiles
+    (uncapped,) = workload.compiles
+    assert warm.options == {"maxnreg": 128} and uncapped.options == {}
+    assert warm.identity != uncapped.identity and "maxnreg=128" in warm.describe()
+    (miss,) = compare(warmup, workload).missing
+    assert miss.reason == "launch option maxnreg=None vs 128 in warmup"
+    assert "launch option maxnreg=None" in miss.fix
+
+
 def test_autotune_of_a_kernel_only_compiled_in_warmup(recorded):
     warmup, _, _ = recorded
     scan = warmup.compiles[0]

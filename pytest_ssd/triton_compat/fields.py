@@ -5,6 +5,7 @@
 | constexprs in compile info   | ``constants``, by parameter name          | ``constants``, by argument path ``(i,)`` |
 | divisibility / alignment     | argument indices in an ``AttrsDescriptor`` | ``configs[0]`` attributes, by path      |
 | an ==1 or None argument      | in ``constants``, by name                 | signature ``"constexpr"``, value by path |
+| launch options (``maxnreg``, ...) | ``specialization_data`` JSON, ``"options"`` | the same                          |
 
 The same on every version: a launch's integer values (``JITFunction.run``'s ``bound_args``) and
 the autotune key (``Autotuner.run``: key args' values, then each tensor arg's ``str(dtype)``).
@@ -13,6 +14,7 @@ Read by attribute and key, never by parsing a ``repr``.
 """
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -42,6 +44,28 @@ def bound_int_args(jit_fn: Any) -> dict[str, int] | None:
             return {name: v for name, v in values.items() if isinstance(v, int) and not isinstance(v, bool)}
         frame = frame.f_back
     return None
+
+
+# Launch options a launch or a ``triton.Config`` sets that change the binary, beyond num_warps and
+# num_stages (fields of their own), with the value that leaves the binary as without them
+# (CUDAOptions / HIPOptions defaults). Only those set away from it are recorded, so a binary
+# that sets none keeps the identity it had before this was read.
+BINARY_OPTIONS: dict[str, Any] = {"maxnreg": None, "num_ctas": 1, "enable_fp_fusion": True,
+                                  "launch_cooperative_grid": False, "launch_pdl": False,
+                                  "waves_per_eu": 0, "matrix_instr_nonkdim": 0, "kpack": 1}
+
+
+def read_launch_options(info: dict) -> dict[str, Any]:
+    """The :data:`BINARY_OPTIONS` a compile sets away from their defaults, by name (``{}`` for
+    most binaries), from the compile info a JIT hook gets; ``{}`` where Triton sent none."""
+    try:
+        options = json.loads(info["specialization_data"])["options"]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    if not isinstance(options, dict):
+        return {}
+    return {name: jsonable(options[name]) for name, default in BINARY_OPTIONS.items()
+            if name in options and options[name] != default}
 
 
 def read_specialization(jit_fn: Any, info: dict) -> tuple[dict, dict, dict]:

@@ -22,7 +22,7 @@ from . import _registry
 from ._patch import Live
 from ._versions import version_at_least
 from .autotune_hooks import benchmarking
-from .fields import bound_int_args, read_specialization
+from .fields import bound_int_args, read_launch_options, read_specialization
 
 
 @dataclass
@@ -144,6 +144,7 @@ def _compile_fields(hook_kwargs: dict, pending: _PendingCompile | None) -> dict:
         "int_values": pending.int_values if pending else None,
         "num_warps": int(info["num_warps"]),
         "num_stages": int(info["num_stages"]),
+        "options": read_launch_options(info),
         "target": f"{target.backend}:{target.arch}",
         "source": (pending.source or "unknown") if pending else "unknown",
         "seconds": time.perf_counter() - pending.started if pending else None,

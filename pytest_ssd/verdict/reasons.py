@@ -167,7 +167,16 @@ def _compile_diffs(event: CompileEvent, warm: CompileEvent) -> list[tuple[str, s
     diffs += [("spec", n) for n in event.specializations
               if n not in types and event.specializations[n] != warm.specializations.get(n)]
     diffs += [(f, f) for f in ("num_warps", "num_stages", "target") if getattr(event, f) != getattr(warm, f)]
+    diffs += [("option", n) for n in dict.fromkeys([*event.options, *warm.options])
+              if _option(event, n) != _option(warm, n)]
     return diffs
+
+
+def _option(event: CompileEvent, name: str) -> Any:
+    """A launch option of a compile: what it set, or the default it left (``BINARY_OPTIONS``)."""
+    from ..triton_compat.fields import BINARY_OPTIONS
+
+    return event.options.get(name, BINARY_OPTIONS.get(name))
 
 
 def _explain(event: CompileEvent, nearest: CompileEvent, same: list[CompileEvent], diff: tuple[str, str]) -> str:
@@ -183,6 +192,8 @@ def _explain(event: CompileEvent, nearest: CompileEvent, same: list[CompileEvent
         return f"{name}: {event.signature[name]} vs {nearest.signature.get(name)} in warmup"
     if kind == "spec":
         return _explain_spec(event, nearest, name)
+    if kind == "option":
+        return f"launch option {name}={_option(event, name)} vs {_option(nearest, name)} in warmup"
     return f"{name} {getattr(event, name)} vs {getattr(nearest, name)} in warmup"
 
 
@@ -266,6 +277,8 @@ def _fix_compiled(event: CompileEvent, found: tuple | str, warmup: Recording) ->
             else:
                 value = (event.int_values or {}).get(name)
                 hints.append(f"{name} {_SPEC_FIXES.get(spec, spec)}" + (f" (e.g. {value})" if value is not None else ""))
+        elif kind == "option":
+            hints.append(f"launch option {name}={_option(event, name)}")
         else:
             hints.append(f"{name}={getattr(event, name)}")
     return "add a warmup call with " + ", ".join(hints)
