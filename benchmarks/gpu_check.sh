@@ -12,7 +12,7 @@
 #   peers_*.json the suite on vLLM's released ops (correctness, warmth verdicts with real launches,
 #                latency) and mamba-ssm's; needs .peers/ops (benchmarks/peers/copy_ops.sh; carry ".peers/ops")
 #   peers.json   benchmarks/bench_peers.py: our kernel beside vLLM's ops, fresh processes, 3 dtypes;
-#                fails when a figure of ours slips >10% against PEERS_BASELINE (default: the committed
+#                ours in PEERS_REPEAT (3) processes per dtype, medians; fails when one slips >10% against PEERS_BASELINE (default: the committed
 #                benchmarks/results/h200_bench_peers.json; benchmarks/README.md, "Regression guard")
 #   fp32.json    benchmarks/fp32_precision.py (fp32 dot precision: time, error, warmup)
 #   variants.json benchmarks/kernel_variants.py (16-bit kernel variants: time per kernel, accuracy)
@@ -35,7 +35,7 @@ for step in $steps; do
     peers)    bash benchmarks/peers/gpu_suite.sh "$OUT" ;;
     benchpeers) PYTHONPATH="$PWD/.peers/ops:$PWD/tests/peers:$PYTHONPATH" \
                 PEER_VLLM_ENTRY=vllm_ssd_ops.ssd_combined:mamba_chunk_scan_combined_varlen \
-                python3 benchmarks/bench_peers.py "$OUT/peers.json" --timeout 240 \
+                python3 benchmarks/bench_peers.py "$OUT/peers.json" --timeout 240 --repeat "${PEERS_REPEAT:-3}" \
                   --baseline "${PEERS_BASELINE:-benchmarks/results/h200_bench_peers.json}" 2>&1 | tail -40 ;;
     suite)    python3 -m pytest -p pytest_ssd --pyargs pytest_ssd.suite -q -p no:cacheprovider -rs \
                 --ssd-report "$OUT/suite.json" --ssd-manifest "$OUT/manifest_gpu.json" \

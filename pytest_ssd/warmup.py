@@ -176,7 +176,11 @@ def _compile_side_by_side(call: Callable[[list, bool], None], calls: Sequence[tu
 
 
 def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
+    """CPUs this process may run on (its affinity where the OS tells it), shared out among the
+    pytest-xdist workers of its session (``PYTEST_XDIST_WORKER_COUNT``), which warm side by side."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    except ValueError:
+        workers = 1
+    return max(1, cpus // max(1, workers))

@@ -241,3 +241,55 @@ def test_bench_kernel_check_only_reads_the_committed_runs(tmp_path):
     slipped = _check_only("bench_kernel.py", _slipped_copy(tmp_path, "h200_bench_kernel_after.json", slow_warmup),
                           after)
     assert slipped.returncode == 1 and "slipped: cold bfloat16 warmup_s" in slipped.stdout
+
+
+# -- bench_peers --repeat: the guarded kernel in several fresh processes, its figures' medians --
+
+@pytest.fixture
+def bench_peers(monkeypatch):
+    """benchmarks/bench_peers.py as a module (its siblings import by their plain names)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("benchmarks_bench_peers", BENCHMARKS / "bench_peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _process_row(first_ms, steady_ms, warmup_s, binaries=6):
+    return {"kernel": "k", "dtype": "bfloat16", "warmup_s": warmup_s, "warmup_binaries": binaries,
+            "warmup_autotune_keys": 0, "first_ms": first_ms, "first_events": 0, "steady_ms": steady_ms,
+            "gpu": H200, "torch": "2.11", "triton": "3.6"}
+
+
+def test_repeated_processes_make_one_row_of_medians(bench_peers):
+    runs = [_process_row(0.62, 0.354, 5.3), _process_row(0.51, 0.351, 4.9), _process_row(0.55, 0.360, 6.1)]
+    row = bench_peers.median_row([{"name": "bundled", **r} for r in runs])
+    assert (row["first_ms"], row["steady_ms"], row["warmup_s"]) == (0.55, 0.354, 5.3)
+    assert row["warmup_binaries"] == 6 and isinstance(row["warmup_binaries"], int)
+    # the target's ratio per process, then the median (1.751, 1.453, 1.528), not 0.55 / 0.354
+    assert row["first_ratio"] == 1.528
+    assert [r["first_ms"] for r in row["repeats"]] == [0.62, 0.51, 0.55]
+    report = {"rows": [row]}
+    (guarded,) = bench_peers.guard_rows(report)
+    assert guarded["first_ratio"] == 1.528 and guarded["first_ms"] == 0.55
+
+
+def test_only_the_guarded_kernel_repeats(bench_peers, monkeypatch):
+    calls = []
+
+    def run_fresh(script, args, timeout):
+        calls.append(args[1])
+        return _process_row(0.5 + 0.01 * len(calls), 0.35, 5.0)
+
+    monkeypatch.setattr(bench_peers.harness, "run_fresh", run_fresh)
+    bundled = bench_peers._measure("bundled", "ours:f", "w:f", "bfloat16", 3, 60)
+    peer = bench_peers._measure("vllm", "theirs:f", "w:g", "bfloat16", 3, 60)
+    assert calls == ["ours:f"] * 3 + ["theirs:f"]
+    assert len(bundled["repeats"]) == 3 and bundled["first_ms"] == 0.52
+    assert "repeats" not in peer and peer["first_ms"] == 0.54
+
+
+def test_a_repeat_below_one_is_refused():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_peers.py"), "out.json", "--repeat", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--repeat: expected a number of processes >= 1, got 0" in done.stderr

@@ -348,6 +348,16 @@ def test_real_device_warmup_leaves_the_first_request_warm(fresh_warm_set, monkey
     _assert_requests_compile_nothing(layer, ssd_seed, device="cuda")
 
 
+@pytest.mark.parametrize("workers, expected", [(None, 16), ("1", 16), ("4", 4), ("32", 1), ("many", 16)])
+def test_the_pool_shares_the_cpus_among_xdist_workers(monkeypatch, workers, expected) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    if workers is None:
+        monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    else:
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", workers)
+    assert warmup_module._usable_cpus() == expected
+
+
 # Last in this file: up to Triton 3.5 the interpreter patches triton.language for good, and later
 # compiles in the process fail.
 def test_interpreted_calls_run_as_always_while_collecting(ssd_seed) -> None:
