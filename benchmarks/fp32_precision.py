@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import sys
 import time
 
 import harness
-from workload import LAYER, REQUEST, call_sets, do_bench_ms, kernel_device_ms, rotating
+from workload import LAYER, REQUEST, call_sets, do_bench_ms, gpu_layer, kernel_device_ms, rotating
 
 
 # --------------------------------------------------------------------------------------
@@ -39,14 +38,7 @@ from workload import LAYER, REQUEST, call_sets, do_bench_ms, kernel_device_ms, r
 # --------------------------------------------------------------------------------------
 
 def _layer(torch, slow_decay: bool = False):
-    from pytest_ssd.layer import make_mixer2_layer
-
-    layer = make_mixer2_layer(**LAYER, dtype=torch.float32, state_dtype=torch.float32, seed=0, device="cuda")
-    if slow_decay:
-        gen = torch.Generator().manual_seed(0)
-        A = -(0.01 + 0.1 * torch.rand(layer.local_heads, generator=gen))
-        layer = dataclasses.replace(layer, A=A.to(layer.A.device))
-    return layer
+    return gpu_layer(torch.float32, slow_decay=slow_decay)
 
 
 def _call_sets(layer, with_init: bool, seed: int, n: int = 4) -> list:

@@ -21,11 +21,10 @@ prefetching of the k-loop and single 16-bit roundings of the float32 operands; n
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 
 import harness
-from workload import LAYER, REQUEST, call_sets, do_bench_ms, kernel_device_ms, rotating
+from workload import LAYER, REQUEST, call_sets, do_bench_ms, gpu_layer, kernel_device_ms, rotating
 
 KERNELS = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_state_kernel",
            "state_passing": "_state_passing_kernel", "bmm_chunk": "_bmm_chunk_kernel"}
@@ -53,19 +52,8 @@ def variants(dims) -> dict:
                 rows[f"scan dstate{dstate} maxnreg {maxnreg}"] = {
                     "chunk_scan": with_(scan, maxnreg=maxnreg, BLOCK_DSTATE=dstate)}
     # chunk_state gained nothing from caps on the H200 (80 and below do not compile there)
-    rows[f"state maxnreg 96"] = {"chunk_state": with_(state, maxnreg=96)}
+    rows["state maxnreg 96"] = {"chunk_state": with_(state, maxnreg=96)}
     return rows
-
-
-def _layer(torch, dtype, slow_decay=False):
-    from pytest_ssd.layer import make_mixer2_layer
-
-    layer = make_mixer2_layer(**LAYER, dtype=dtype, state_dtype=torch.float32, seed=0, device="cuda")
-    if slow_decay:
-        gen = torch.Generator().manual_seed(0)
-        A = -(0.01 + 0.1 * torch.rand(layer.local_heads, generator=gen))
-        layer = dataclasses.replace(layer, A=A.to(layer.A.device))
-    return layer
 
 
 def _share_used(got, ref, tol) -> float:
@@ -99,11 +87,11 @@ def run(dtypes, only) -> dict:
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
-        layer = _layer(torch, dtype)
+        layer = gpu_layer(dtype)
         sets = call_sets(layer, REQUEST, n=4, seed=4000, device="cuda")
         cases = {}
         for case, slow in (("mamba2 decay", False), ("slow decay", True)):
-            case_layer = _layer(torch, dtype, slow)
+            case_layer = gpu_layer(dtype, slow_decay=slow)
             inputs = make_ssd_inputs(case_layer, REQUEST, seed=9000, with_initial_states=True, device="cuda")
             ref_out, ref_states = ssd_reference(**inputs.reference_kwargs(case_layer), output_dtype=torch.float64)
             cases[case] = (case_layer, inputs, ref_out, ref_states)

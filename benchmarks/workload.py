@@ -19,6 +19,25 @@ REQUEST = [1000, 2048, 517, 3000]
 MAX_NUM_TOKENS = 8192
 
 
+def gpu_layer(dtype, *, slow_decay: bool = False):
+    """The anchors' layer in model ``dtype`` with float32 states, on the GPU (seed 0).
+
+    ``slow_decay``: |A| drawn in [0.01, 0.11] instead of the layer's Mamba2 decay, so states carry
+    across chunks (the accuracy checks' second case)."""
+    import dataclasses
+
+    import torch
+
+    from pytest_ssd.layer import make_mixer2_layer
+
+    layer = make_mixer2_layer(**LAYER, dtype=dtype, state_dtype=torch.float32, seed=0, device="cuda")
+    if slow_decay:
+        gen = torch.Generator().manual_seed(0)
+        A = -(0.01 + 0.1 * torch.rand(layer.local_heads, generator=gen))
+        layer = dataclasses.replace(layer, A=A.to(layer.A.device))
+    return layer
+
+
 def call_sets(layer, seqlens: Sequence[int], *, n: int, seed: int, with_initial_states: bool = False,
               device: Optional[str] = None) -> list:
     """``n`` ``(kwargs, out)`` pairs for the bundled entry point: randn inputs drawn from seeds
