@@ -107,21 +107,22 @@ def warmup_ssd_kernels(
         calls.append(([max_num_tokens], False))
     params = {p: getattr(layer, p).to(device) for p in ("A", "D", "dt_bias")}  # the layer's own, on the device
 
-    def call(seqlens: list, with_initial_states: bool) -> None:
-        inputs = make_ssd_inputs(layer, seqlens, seed=0, with_initial_states=with_initial_states, with_z=with_z,
-                                 device=device)
+    def call(inputs) -> None:
         kernel(out=torch.empty_like(inputs.x), **{**inputs.kernel_kwargs(layer), **params})
 
     warmed = []
     start = time.perf_counter()
+    # Drawn once: the side-by-side compile below collects its launches from the same inputs.
+    prepared = [make_ssd_inputs(layer, seqlens, seed=0, with_initial_states=with_initial_states, with_z=with_z,
+                                device=device) for seqlens, with_initial_states in calls]
     if kernel is bundled and (device.type == "cuda" or compile_only_active()):
         try:  # the max_num_tokens call uses the first call's binaries (see pytest_ssd.kernels.combined)
-            _compile_side_by_side(call, calls[:2], device)
+            _compile_side_by_side(call, prepared[:2], device)
         except Exception as error:  # the calls below compile what is left, and raise what is real
             logger.warning("pytest-ssd: compiling the binaries of %s) side by side failed (%s: %s); the warmup "
                            "compiles them one call at a time", what, type(error).__name__, error)
-    for seqlens, with_initial_states in calls:
-        call(seqlens, with_initial_states)
+    for (seqlens, with_initial_states), inputs in zip(calls, prepared):
+        call(inputs)
         tokens = "" if len(calls) == 2 else f", {sum(seqlens)} tokens"
         warmed.append(f"{what}, HAS_INITSTATES={with_initial_states}{tokens})")
     if device.type == "cuda":
@@ -133,9 +134,10 @@ def warmup_ssd_kernels(
     return WarmupResult(warmed=warmed, seconds=seconds, calls=len(warmed))
 
 
-def _compile_side_by_side(call: Callable[[list, bool], None], calls: Sequence[tuple], device: torch.device) -> None:
-    """Compile every binary that ``call(seqlens, with_initial_states)`` of the bundled kernel
-    launches for ``calls``, one thread per binary, up to one per usable CPU; launch nothing.
+def _compile_side_by_side(call: Callable[[object], None], prepared: Sequence[object], device: torch.device) -> None:
+    """Compile every binary that ``call(inputs)`` of the bundled kernel launches for each of the
+    ``prepared`` inputs (``make_ssd_inputs``), one thread per binary, up to one per usable CPU;
+    launch nothing.
 
     The calls run once with their launches collected instead of launched
     (:func:`pytest_ssd.kernels.combined.collect_launches`); launches that pick one binary
@@ -151,8 +153,8 @@ def _compile_side_by_side(call: Callable[[list, bool], None], calls: Sequence[tu
     from .triton_compat import binary_key, precompile
 
     with collect_launches() as launches:
-        for seqlens, with_initial_states in calls:
-            call(seqlens, with_initial_states)
+        for inputs in prepared:
+            call(inputs)
     distinct: dict = {}
     for launch in launches:
         distinct.setdefault(binary_key(launch.kernel, launch.args, launch.constexprs), launch)

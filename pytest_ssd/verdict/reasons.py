@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
 from ..events import AutotuneEvent, CompileEvent, Event, Recording
+from ..triton_compat.fields import BINARY_OPTIONS
 
 _SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64",
                  "float8_e4m3fn": "fp8e4nv", "float8_e5m2": "fp8e5", "int8": "i8", "int16": "i16",
@@ -174,8 +175,6 @@ def _compile_diffs(event: CompileEvent, warm: CompileEvent) -> list[tuple[str, s
 
 def _option(event: CompileEvent, name: str) -> Any:
     """A launch option of a compile: what it set, or the default it left (``BINARY_OPTIONS``)."""
-    from ..triton_compat.fields import BINARY_OPTIONS
-
     return event.options.get(name, BINARY_OPTIONS.get(name))
 
 
