@@ -13,10 +13,10 @@ override (``kernels.configs.overridden``), so it compiles binaries of its own. P
   ``out`` and by the final states against the float64 reference (<= 1 passes the dtype's
   tolerance in ``pytest_ssd.assertions.TOLERANCES``), and whether anything is not finite.
 
-The variants (``variants``): register caps (``maxnreg``: more CTAs per SM) with the tiles around
-the defaults. Without CUDA it prints why and writes ``{"skipped": ...}``.
-An earlier set (results/h200_kernel_variants_prefetch_split.json, docs/kernel.md) timed register
-prefetching of the k-loop and single 16-bit roundings of the float32 operands; neither stayed.
+The variants (``variants``): this round's changes. Without CUDA it prints why and
+writes ``{"skipped": ...}``. Earlier rounds (results/h200_kernel_variants_*.json, docs/kernel.md)
+timed register caps and tiles, register prefetching of the k-loop, single 16-bit roundings of
+the float32 operands and a branch below the diagonal; their variant lists are in git history.
 """
 from __future__ import annotations
 
@@ -33,27 +33,27 @@ KERNELS = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_state_kern
 def variants(dims) -> dict:
     """name -> {stage: LaunchConfig}: the default first, then changes to one stage each.
 
-    Registers per thread bound how many CTAs of 4 warps an SM holds (65536 registers: <= 128
-    for 4, <= 102 for 5, <= 85 for 6); ``maxnreg`` caps them, at the price of spills.
+    This round (docs/kernel.md, "Per kernel"): chunk_scan's pipelining and token tile, now that
+    its loop below the diagonal is light. The rounds before: chunk_scan's factored decay (now the
+    default) against the decay of every tile, and a TF32 state term
+    (results/h200_kernel_variants_factored_decay.json); chunk_state's decay scale on x's tile
+    (``SCALE_X``, now the default) and its tiles (results/h200_kernel_variants_chunk_state_scale.json).
     """
     from pytest_ssd.kernels import configs
     from pytest_ssd.kernels.configs import LaunchConfig
 
-    base = configs.default_configs(dims)
-    scan, state = base["chunk_scan"], base["chunk_state"]
+    scan = configs.default_configs(dims)["chunk_scan"]
 
-    def with_(c, warps=None, stages=None, maxnreg=None, **blocks):
-        return LaunchConfig({**c.blocks, **blocks}, warps or c.num_warps, stages or c.num_stages, maxnreg)
+    def with_(c, warps=None, stages=None, **blocks):
+        return LaunchConfig({**c.blocks, **blocks}, warps or c.num_warps, stages or c.num_stages, c.maxnreg)
 
-    rows = {"default": {}}
-    for dstate in (128, 64, 32):
-        for maxnreg in (None, 128, 96):
-            if (dstate, maxnreg) != (scan.blocks["BLOCK_DSTATE"], scan.maxnreg):
-                rows[f"scan dstate{dstate} maxnreg {maxnreg}"] = {
-                    "chunk_scan": with_(scan, maxnreg=maxnreg, BLOCK_DSTATE=dstate)}
-    # chunk_state gained nothing from caps on the H200 (80 and below do not compile there)
-    rows["state maxnreg 96"] = {"chunk_state": with_(state, maxnreg=96)}
-    return rows
+    k_double = min(2 * scan.blocks["BLOCK_K"], scan.blocks["BLOCK_M"])
+    return {"default": {},
+            "scan 2 stages": {"chunk_scan": with_(scan, stages=2)},
+            "scan token tile x 2": {"chunk_scan": with_(scan, BLOCK_K=k_double)},
+            "scan token tile x 2, 2 stages": {"chunk_scan": with_(scan, stages=2, BLOCK_K=k_double)},
+            "scan 2 stages, dstate tile / 2": {"chunk_scan": with_(scan, stages=2,
+                                                                   BLOCK_DSTATE=max(16, scan.blocks["BLOCK_DSTATE"] // 2))}}
 
 
 def _share_used(got, ref, tol) -> float:
@@ -114,7 +114,8 @@ def run(dtypes, only) -> dict:
             row = {"dtype": dtype_name, "variant": name,
                    "kernels_ms": {k: kernels.get(v) for k, v in KERNELS.items()}, "call_ms": round(call_ms, 4),
                    "accuracy": accuracy,
-                   "overrides": {s: {"blocks": c.blocks, "num_warps": c.num_warps, "num_stages": c.num_stages}
+                   "overrides": {s: {"blocks": c.blocks, "num_warps": c.num_warps, "num_stages": c.num_stages,
+                                     "maxnreg": c.maxnreg}
                                  for s, c in overrides.items()}}
             rows.append(row)
             k = row["kernels_ms"]

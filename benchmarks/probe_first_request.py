@@ -206,8 +206,9 @@ def host_pieces() -> dict:
     tensors = (x, dt, layer.A, B, C, out, layer.D, None, layer.dt_bias, None)
     # The flat key the entry point builds for this call (no initial states, no z, a real GPU).
     key = (layer.local_heads, layer.local_groups, layer.head_dim, layer.ssm_state_size, layer.chunk_size, layer.dtype,
-           None, True, layer.D.dim() == 2, False, True, layer.dt_softplus, tuple(layer.dt_limit) != (0.0, math.inf),
-           False)
+           None, True, layer.D.dim() == 2, False, True, layer.dt_softplus,
+           tuple(layer.dt_limit) != (0.0, math.inf) or not layer.dt_softplus, float(layer.dt_limit[0]) >= 0.0,
+           False, None)
     plans = combined._PLANS[key]  # the warmup planned it: this is the flat key a request builds
     T, nchunks = x.shape[0], meta[2].shape[0]
 

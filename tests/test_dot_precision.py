@@ -92,7 +92,7 @@ def test_bf16x3_keeps_about_16_bits_and_needs_each_of_its_three_products(ssd_see
 def test_bf16x3_is_the_default_and_every_choice_reaches_the_float32_plans():
     assert configs.fp32_dot_precision() == "bf16x3"
     flags = dict(init_dtype=None, has_D=True, D_has_hdim=False, has_z=False, has_dt_bias=True, dt_softplus=True,
-                 has_dt_limit=False, interpret=True)
+                 has_dt_limit=False, dt_nonneg=True, interpret=True)
     for precision in configs.FP32_DOT_PRECISIONS:
         with configs.fp32_dot_precision_set(precision):
             fp32 = combined._stage_plans(4, 1, 16, 16, 16, torch.float32, **flags)
@@ -112,7 +112,7 @@ def test_amd_targets_multiply_float32_in_ieee():
     """Triton's AMD backend refuses tf32x3 (and tf32 but on gfx94x), and the bf16x3 split was only
     measured on NVIDIA GPUs: a float32 model compiled for AMD multiplies in float32 FMAs."""
     flags = dict(init_dtype=None, has_D=True, D_has_hdim=False, has_z=False, has_dt_bias=True, dt_softplus=True,
-                 has_dt_limit=False, interpret=False)
+                 has_dt_limit=False, dt_nonneg=True, interpret=False)
     for precision in ("bf16x3", "tf32x3"):
         with configs.fp32_dot_precision_set(precision):
             for target in ("hip:gfx942", "cuda:90", "cuda:80"):

@@ -2,7 +2,8 @@
 
 Small shapes (H 2-4, P 16, N 16, chunk 16/32): varlen batches with single-token sequences,
 lengths that are and are not multiples of the chunk size, chunk boundaries inside sequences,
-D of both shapes, z, initial states, 1 and 2 groups, dt_limit, intermediate states. Outputs are
+D of both shapes, z, initial states, 1 and 2 groups, dt_limit (a floor below 0 too), chunk 128
+(chunk_scan's decay factored below the diagonal), head_dim above dstate, intermediate states. Outputs are
 NaN-poisoned before each call; whole tensors are compared. Bad input raises ValueError before
 any launch.
 """
@@ -35,6 +36,13 @@ CASES = [
     KernelCase("fp16_states", [17, 1], initial_states=True, layer={"state_dtype": torch.float16}),
     # 16-bit model: the hi/lo operand split on the tensor cores' path (the interpreter has no working bf16).
     KernelCase("fp16_model_long", [1, 150, 47], initial_states=True, layer={"dtype": torch.float16}),
+    # chunk 128: two M-blocks of chunk_scan, so the decay factored below the diagonal block is run;
+    # a dt_limit floor below 0 lets dt' be negative, and the decay is computed per tile instead.
+    KernelCase("chunk128_factored_decay", [1, 300, 129], initial_states=True, layer={"chunk_size": 128}),
+    KernelCase("chunk128_negative_dt_floor", [260, 3], initial_states=True,
+               layer={"chunk_size": 128, "dt_softplus": False, "dt_limit": (-0.02, 0.1)}),
+    # head_dim above dstate: chunk_state scales B's tile, not x's (SCALE_X off).
+    KernelCase("head_dim_above_dstate", [40, 1, 17], initial_states=True, layer={"head_dim": 32}),
 ]
 
 
@@ -284,3 +292,38 @@ def test_interpreted_calls_from_threads_are_serialized_and_right(mixer2_layer, s
         thread.join(timeout=300)
     assert errors == [], f"seed={ssd_seed}: {errors!r}"
     assert all(torch.equal(a, b) for a, b in zip(alone, results)), f"seed={ssd_seed}"
+
+
+@pytest.mark.parametrize("dt_limit, factored", [((0.0, math.inf), True), ((0.001, 0.5), True), ((-1.0, math.inf), False)])
+def test_the_decay_is_factored_only_where_dt_cannot_be_negative(dt_limit, factored, mixer2_layer, ssd_inputs,
+                                                                ssd_seed, monkeypatch) -> None:
+    """chunk_scan factors exp(dA_i - dA_j) into a scale per source and one per target below the
+    diagonal block; that is safe only for a monotone dA cumsum (dt' >= 0). With softplus, a floor
+    of -1 changes no dt' but makes the plan take the decay per tile: both paths give the same
+    numbers, and both match the float64 reference (chunk 64 in M-blocks of 16: three blocks below
+    the diagonal)."""
+    from pytest_ssd.kernels import configs
+
+    print(f"seed={ssd_seed} dt_limit={dt_limit}")
+    layer = mixer2_layer(**dict(SMALL, chunk_size=64, dt_limit=dt_limit), device="cpu")
+    inputs = ssd_inputs(layer, [150, 1, 64], with_initial_states=True, device="cpu")
+    seen = []
+    real = combined._launch
+
+    def spy(stage, grid, args, device_index, stream):
+        seen.append(dict(stage.constexprs))
+        real(stage, grid, args, device_index, stream)
+
+    monkeypatch.setattr(combined, "_launch", spy)
+    scan = configs.default_configs(configs.LayerDims(4, 1, 16, 16, 64, torch.float32))["chunk_scan"]
+    with configs.overridden("chunk_scan", configs.LaunchConfig({**scan.blocks, "BLOCK_M": 16, "BLOCK_K": 8},
+                                                               scan.num_warps, scan.num_stages)):
+        check_against_reference(layer, inputs, seed=ssd_seed)
+        assert seen[3]["FACTORED_DECAY"] is factored and seen[3]["BLOCK_M"] == 16
+        if dt_limit == (0.0, math.inf):  # the same dt' per tile: equal to the bf16x3 products' ~16 bits
+            out, _ = run_kernel(layer, inputs)
+            per_tile = poisoned_like(inputs.x)
+            mamba_chunk_scan_combined_varlen(out=per_tile, **dict(inputs.kernel_kwargs(layer), dt_limit=(-1.0, math.inf)))
+            assert seen[-1]["FACTORED_DECAY"] is False
+            assert not torch.equal(out, per_tile), "the two paths gave bit-equal outputs: one of them did not run"
+            torch.testing.assert_close(out, per_tile, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed={ssd_seed}: {m}")

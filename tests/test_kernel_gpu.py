@@ -30,6 +30,11 @@ CASES = [
     KernelCase("chunk256_everything", [1, 700, 256, 1], initial_states=True, z=True,
                layer={"chunk_size": 256, "n_groups": 2, "d_has_hdim": True, "dt_limit": (0.005, 0.08)}),
     KernelCase("states_in_model_dtype", [97, 2, 255], initial_states=True, layer={"state_dtype": "model"}),
+    # dt' of both signs (a floor below 0, no softplus): chunk_scan's decay per tile, not factored.
+    KernelCase("chunk256_negative_dt_floor", [600, 3, 257], initial_states=True,
+               layer={"chunk_size": 256, "dt_softplus": False, "dt_limit": (-0.02, 0.1)}),
+    # head_dim above dstate: chunk_state scales B's tile, not x's.
+    KernelCase("head_dim_above_dstate", [300, 1, 70], initial_states=True, layer={"ssm_state_size": 32}),
 ]
 
 

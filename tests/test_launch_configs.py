@@ -16,7 +16,7 @@ from pytest_ssd.kernels.chunk_scan import CHUNK_SCAN
 from pytest_ssd.kernels.configs import LaunchConfig, LayerDims
 
 FLAGS = dict(init_dtype=None, has_D=True, D_has_hdim=False, has_z=False, has_dt_bias=True, dt_softplus=True,
-             has_dt_limit=False)
+             has_dt_limit=False, dt_nonneg=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

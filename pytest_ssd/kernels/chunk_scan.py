@@ -29,6 +29,7 @@ def _chunk_scan_kernel(
     cu_chunk_seqlens_ptr, seq_idx_ptr,
     H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
     HAS_INITSTATES: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
+    FACTORED_DECAY: tl.constexpr,
     SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DSTATE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
@@ -89,22 +90,52 @@ def _chunk_scan_kernel(
                     acc = tl.dot(c_hi.to(DOT_DTYPE), (st - st_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
                 if SPLIT_MODEL:
                     acc = tl.dot((c - c_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
-    acc *= tl.exp(dA_m)[:, None]
 
     k_end = tl.minimum((pid_m + 1) * BLOCK_M, length)
     cb_ptrs = CB_ptr + (chunk64 * G + g) * (CHUNK_SIZE * CHUNK_SIZE) + offs_m[:, None] * CHUNK_SIZE + offs_k[None, :]
     x_ptrs = x_ptr + (start + offs_k[:, None]) * (H * P) + h * P + offs_n[None, :]
+    k_diagonal = 0  # where the k loop below starts: the source tokens before it were done already
+    if FACTORED_DECAY:
+        # Below the diagonal block every source j precedes every target i of the M-block, so
+        # exp(dA_i - dA_j) = exp(dA_i - r) * exp(r - dA_j), with r the dA cumsum at the block's first
+        # token: the decay is a scale per source (32 exps per tile, not 64 x 32) and one per target,
+        # applied once. With dt' >= 0 the cumsum is monotone, so each factor lies between 1 and the
+        # decay itself: neither overflows unless the decay does (the plan asks for dt' >= 0).
+        k_diagonal = pid_m * BLOCK_M
+        r = tl.load(dA_cumsum_ptr + base_l + k_diagonal)
+        acc *= tl.exp(r)
+        for k0 in range(0, CHUNK_SIZE if INTERPRETED else k_diagonal, BLOCK_K):
+            k = k0 + offs_k
+            mask_k = k < k_diagonal
+            cb = tl.load(cb_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            dA_k = tl.load(dA_cumsum_ptr + base_l + k, mask=mask_k, other=0.0)
+            dt_k = tl.load(dt_ptr + base_l + k, mask=mask_k, other=0.0)
+            cb = cb * tl.where(mask_k, tl.exp(r - dA_k) * dt_k, 0.0)[None, :]
+            xk = tl.load(x_ptrs + k0 * (H * P), mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            cb_hi, x_hi = cb.to(NARROW), xk.to(NARROW)
+            acc = tl.dot(cb_hi.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+            if SPLIT_F32:
+                acc = tl.dot((cb - cb_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
+            if SPLIT_MODEL:
+                acc = tl.dot(cb_hi.to(DOT_DTYPE), (xk - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+        acc *= tl.exp(dA_m - r)[:, None]
+    else:
+        acc *= tl.exp(dA_m)[:, None]
+
     # Triton < 3.9's interpreter cannot loop to a loaded (or assigned) value: it runs to the static
     # bound, and the masks make the extra iterations no-ops.
-    for k0 in range(0, CHUNK_SIZE if INTERPRETED else k_end, BLOCK_K):
+    for k0 in range(0 if INTERPRETED else k_diagonal, CHUNK_SIZE if INTERPRETED else k_end, BLOCK_K):
         k = k0 + offs_k
         mask_k = k < k_end
-        cb = tl.load(cb_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        dA_k = tl.load(dA_cumsum_ptr + base_l + k, mask=mask_k, other=0.0)
-        dt_k = tl.load(dt_ptr + base_l + k, mask=mask_k, other=0.0)
         # Only j <= i counts. Masking the exponent (not clamping it to <= 0) keeps exp finite above the
         # diagonal and exact below it, where a negative dt' (a dt_limit below 0) makes it > 0.
         causal = k[None, :] <= offs_m[:, None]
+        if INTERPRETED:  # its loop starts at 0: the sources the factored loop took are masked out
+            mask_k = mask_k & (k >= k_diagonal)
+            causal = causal & mask_k[None, :]
+        cb = tl.load(cb_ptrs + k0, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        dA_k = tl.load(dA_cumsum_ptr + base_l + k, mask=mask_k, other=0.0)
+        dt_k = tl.load(dt_ptr + base_l + k, mask=mask_k, other=0.0)
         decay = tl.exp(tl.where(causal, dA_m[:, None] - dA_k[None, :], float("-inf")))
         # Tiles above the diagonal were never written by the bmm stage: select, never multiply.
         cb = tl.where(causal, cb * decay * dt_k[None, :], 0.0)

@@ -32,7 +32,7 @@ def _chunk_state_kernel(
     x_ptr, B_ptr, dt_ptr, A_ptr, dt_bias_ptr, cu_chunk_seqlens_ptr, dt_out_ptr, dA_cumsum_ptr, states_ptr,
     dt_min, dt_max,
     H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DT_LIMIT: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DT_LIMIT: tl.constexpr, SCALE_X: tl.constexpr,
     SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
     NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
@@ -84,14 +84,24 @@ def _chunk_state_kernel(
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         dA_k = tl.load(dA_cumsum_ptr + base_l + k, mask=mask_k, other=0.0, cache_modifier=".cg")
         dt_k = tl.load(dt_out_ptr + base_l + k, mask=mask_k, other=0.0, cache_modifier=".cg")
-        b = b.to(tl.float32) * (tl.exp(dA_last - dA_k) * dt_k)[:, None]
-        b_hi = b.to(NARROW)
-        x_hi = xt.to(NARROW)
-        acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-        if SPLIT_F32:
-            acc = tl.dot(x_hi.to(DOT_DTYPE), (b - b_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
-        if SPLIT_MODEL:
-            acc = tl.dot((xt - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
+        w = tl.exp(dA_last - dA_k) * dt_k
+        if SCALE_X:  # the scale on the (BLOCK_M, BLOCK_K) tile of x: the smaller operand for P < N
+            xt = xt.to(tl.float32) * w[None, :]
+            x_hi, b_hi = xt.to(NARROW), b.to(NARROW)
+            acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+            if SPLIT_F32:
+                acc = tl.dot((xt - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
+            if SPLIT_MODEL:
+                acc = tl.dot(x_hi.to(DOT_DTYPE), (b - b_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+        else:
+            b = b.to(tl.float32) * w[:, None]
+            b_hi = b.to(NARROW)
+            x_hi = xt.to(NARROW)
+            acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+            if SPLIT_F32:
+                acc = tl.dot(x_hi.to(DOT_DTYPE), (b - b_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+            if SPLIT_MODEL:
+                acc = tl.dot((xt - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
 
     offs = (chunk.to(tl.int64) * H + h) * (P * N) + offs_m[:, None] * N + offs_n[None, :]
     tl.store(states_ptr + offs, acc, mask=mask_m[:, None] & mask_n[None, :])

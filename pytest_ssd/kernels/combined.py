@@ -13,7 +13,8 @@ specialization can depend on them; intermediate buffers put the request-dependen
 first, so strides are layer constants; data pointers must be 16-byte aligned, and the kernels
 read metadata only from a private aligned int32 copy (:class:`pytest_ssd.chunking.SealedMetadata`). The binaries a call uses are therefore fixed by the layer, the
 model/state dtypes and the flags ``HAS_INITSTATES``, ``HAS_D``, ``D_HAS_HDIM``, ``HAS_Z``,
-``dt_softplus`` and whether dt' is clamped (``dt_limit`` other than ``(0, inf)``, or no softplus).
+``dt_softplus``, whether dt' is clamped (``dt_limit`` other than ``(0, inf)``, or no softplus) and
+whether it can be negative (a ``dt_limit`` floor below 0).
 
 Host time per call (a request's latency, when the GPU waits for it): the argument checks take
 one cheap pass (:func:`pytest_ssd.kernels.arguments.fast_sizes`; the full checks with their messages run only when it
@@ -118,6 +119,7 @@ def mamba_chunk_scan_combined_varlen(
     key = (H, G, P, N, chunk_size, x.dtype, None if initial_states is None else initial_states.dtype,
            D is not None, D is not None and D.dim() == 2, z is not None, dt_bias is not None, dt_softplus,
            (lo, hi) != (0.0, math.inf) or not dt_softplus,  # clamp dt': (0, inf) is a no-op only after softplus
+           lo >= 0.0,  # dt' >= 0 (softplus, or the clamp's floor): chunk_scan may factor the decay
            interpret, None if real else active_target())  # _stage_plans' arguments: built and hashed on every call
     plans = _PLANS.get(key) or _plans_for(key)
     with _device_guard(device), (_INTERPRETER_LOCK if interpret else _NO_GUARD):
@@ -210,11 +212,12 @@ def _plans_for(key: tuple) -> _Plans:
 
 def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, init_dtype: Optional[torch.dtype],
                  has_D: bool, D_has_hdim: bool, has_z: bool, has_dt_bias: bool, dt_softplus: bool,
-                 has_dt_limit: bool, interpret: bool, target: Optional[str] = None) -> _Plans:
+                 has_dt_limit: bool, dt_nonneg: bool, interpret: bool, target: Optional[str] = None) -> _Plans:
     """The four stages' plans, in launch order, and the workspace, for a layer (H heads, G
     groups, P head dim, N dstate, L chunk size, model ``dtype``) and a call's flags
-    (``init_dtype`` None: no initial states); ``target`` is the compile-only target, None for a
-    real device.
+    (``init_dtype`` None: no initial states; ``dt_nonneg``: dt' cannot be negative, so the dA
+    cumsum of a head is monotone and chunk_scan factors the decay below the diagonal); ``target``
+    is the compile-only target, None for a real device.
 
     Chunk state (with the dt cumsum) goes first: it is long enough on the GPU to hide the host
     time of the launches behind it. The arguments, with the call's device, fix the binary Triton
@@ -248,7 +251,7 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
               H=H, DIM=P * N, CHUNK_SIZE=L, HAS_INITSTATES=has_init),
         stage("chunk_scan", CHUNK_SCAN, lambda b: triton.cdiv(L, b["BLOCK_M"]) * triton.cdiv(P, b["BLOCK_N"]),
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_INITSTATES=has_init, HAS_D=has_D, D_HAS_HDIM=D_has_hdim,
-              HAS_Z=has_z, **common),
+              HAS_Z=has_z, FACTORED_DECAY=dt_nonneg, **common),
         # dt', dA cumsum, C.B^T, chunk states
         _Workspace.of((H, L), (H, L), (G, L, L), (H, P, N)),
     )
