@@ -33,27 +33,19 @@ KERNELS = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_state_kern
 def variants(dims) -> dict:
     """name -> {stage: LaunchConfig}: the default first, then changes to one stage each.
 
-    This round (docs/kernel.md, "Per kernel"): chunk_scan's pipelining and token tile, now that
-    its loop below the diagonal is light. The rounds before: chunk_scan's factored decay (now the
-    default) against the decay of every tile, and a TF32 state term
-    (results/h200_kernel_variants_factored_decay.json); chunk_state's decay scale on x's tile
-    (``SCALE_X``, now the default) and its tiles (results/h200_kernel_variants_chunk_state_scale.json).
+    This round (docs/kernel.md, "Per kernel"): bf16 pieces rounded two per instruction
+    (``PACK_BF16``, kernels/narrow.py) against Triton's scalar rounding, one slow F2F per value on
+    sm_90 (the binaries before). Earlier rounds: chunk_scan's factored decay and a TF32 state term
+    (results/h200_kernel_variants_factored_decay.json), chunk_state's ``SCALE_X`` and tiles
+    (..._chunk_state_scale.json), chunk_scan's pipelining and token tile (..._scan_pipelining.json).
     """
     from pytest_ssd.kernels import configs
     from pytest_ssd.kernels.configs import LaunchConfig
 
-    scan = configs.default_configs(dims)["chunk_scan"]
-
-    def with_(c, warps=None, stages=None, **blocks):
-        return LaunchConfig({**c.blocks, **blocks}, warps or c.num_warps, stages or c.num_stages, c.maxnreg)
-
-    k_double = min(2 * scan.blocks["BLOCK_K"], scan.blocks["BLOCK_M"])
-    return {"default": {},
-            "scan 2 stages": {"chunk_scan": with_(scan, stages=2)},
-            "scan token tile x 2": {"chunk_scan": with_(scan, BLOCK_K=k_double)},
-            "scan token tile x 2, 2 stages": {"chunk_scan": with_(scan, stages=2, BLOCK_K=k_double)},
-            "scan 2 stages, dstate tile / 2": {"chunk_scan": with_(scan, stages=2,
-                                                                   BLOCK_DSTATE=max(16, scan.blocks["BLOCK_DSTATE"] // 2))}}
+    base = configs.default_configs(dims)
+    scalar = {stage: LaunchConfig({**base[stage].blocks, "PACK_BF16": False}, base[stage].num_warps,
+                                  base[stage].num_stages, base[stage].maxnreg) for stage in ("chunk_scan", "chunk_state")}
+    return {"default": {}, "scalar bf16 rounding (before)": scalar}
 
 
 def _share_used(got, ref, tol) -> float:

@@ -316,7 +316,7 @@ def test_the_decay_is_factored_only_where_dt_cannot_be_negative(dt_limit, factor
 
     monkeypatch.setattr(combined, "_launch", spy)
     scan = configs.default_configs(configs.LayerDims(4, 1, 16, 16, 64, torch.float32))["chunk_scan"]
-    with configs.overridden("chunk_scan", configs.LaunchConfig({**scan.blocks, "BLOCK_M": 16, "BLOCK_K": 8},
+    with configs.overridden("chunk_scan", configs.LaunchConfig({**scan.blocks, "BLOCK_M": 16, "BLOCK_K": 16},
                                                                scan.num_warps, scan.num_stages)):
         check_against_reference(layer, inputs, seed=ssd_seed)
         assert seen[3]["FACTORED_DECAY"] is factored and seen[3]["BLOCK_M"] == 16

@@ -1,7 +1,9 @@
-"""Launch configs (kernels/configs.py): chunk_scan's register cap reaches CUDA binaries, and only them.
+"""Launch configs (kernels/configs.py) and the per-target constexprs of the plans (kernels/combined.py).
 
-The cap (``maxnreg``) is what lets an H200 hold four chunk_scan CTAs per SM instead of three
-(benchmarks/kernel_variants.py); its effect on time is measured there, not here.
+chunk_scan's register cap reaches CUDA binaries, and only them: it is what lets an H200 hold four
+chunk_scan CTAs per SM instead of three. bf16 pieces are rounded two per instruction on CUDA only
+(kernels/narrow.py), and chunk_state scales the smaller of its two tiles. Their effect on time is
+measured by benchmarks/kernel_variants.py, not here.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pytest_ssd.compile_only import compile_only
 from pytest_ssd.kernels import combined, configs, mamba_chunk_scan_combined_varlen
 from pytest_ssd.kernels.chunk_scan import CHUNK_SCAN
 from pytest_ssd.kernels.configs import LaunchConfig, LayerDims
+from pytest_ssd.triton_compat import cached_binaries, version_at_least
 
 FLAGS = dict(init_dtype=None, has_D=True, D_has_hdim=False, has_z=False, has_dt_bias=True, dt_softplus=True,
              has_dt_limit=False, dt_nonneg=True)
@@ -51,7 +54,48 @@ def test_the_cap_is_in_the_compiled_chunk_scan(ssd_seed):
     inputs = make_ssd_inputs(layer, [40, 9], seed=ssd_seed + 1)
     with compile_only("cuda:90"):
         mamba_chunk_scan_combined_varlen(out=torch.empty_like(inputs.x), **inputs.kernel_kwargs(layer))
-    compiled = [k for cache in CHUNK_SCAN.compiled.device_caches.values() for k in cache[0].values()
-                if k.metadata.target.arch == 90]
+    compiled = [k for k in cached_binaries(CHUNK_SCAN.compiled) if k.metadata.target.arch == 90]
     assert compiled, "no chunk_scan binary was compiled for sm_90"
     assert all(re.search(r"\.maxnreg 128\b", k.asm["ptx"]) for k in compiled)
+
+
+@pytest.mark.parametrize("dtype, scan, state", [(torch.bfloat16, True, True), (torch.float32, True, False),
+                                                (torch.float16, False, False)])
+def test_bf16_pieces_round_two_at_a_time_on_cuda_only(dtype, scan, state):
+    """PACK_BF16 where the pieces are bf16 and the target runs PTX: a float32 model's chunk_scan
+    (bf16x3) but not its chunk_state (slower there on an H200); never on AMD or in the interpreter."""
+    for target, interpret, on in (("cuda:90", False, True), ("cuda:80", False, True),
+                                  ("hip:gfx942", False, False), (None, True, False)):
+        plans = combined._stage_plans(80, 1, 64, 128, 256, dtype, **FLAGS, interpret=interpret, target=target)
+        assert plans.chunk_scan.constexprs["PACK_BF16"] is (on and scan), (target, interpret)
+        assert plans.chunk_state.constexprs["PACK_BF16"] is (on and state), (target, interpret)
+
+
+@pytest.mark.usefixtures("triton_cache_dir")
+def test_the_compiled_bf16_kernels_round_with_packed_instructions(ssd_seed):
+    """Compile-only sm_90, bf16 model: chunk_scan's and chunk_state's PTX round float32 to bf16 only
+    with the packed ``cvt.rn.bf16x2.f32`` (the scalar one became a slow F2F per value)."""
+    from pytest_ssd.kernels.chunk_state import CHUNK_STATE
+    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+
+    print(f"seed={ssd_seed}")
+    kernels = (CHUNK_SCAN.compiled, CHUNK_STATE.compiled)
+    before = {id(k) for jf in kernels for k in cached_binaries(jf)}
+    layer = make_mixer2_layer(nheads=4, head_dim=16, n_groups=1, ssm_state_size=32, chunk_size=64,
+                              dtype=torch.bfloat16, state_dtype=torch.float32, seed=ssd_seed)
+    inputs = make_ssd_inputs(layer, [70, 9], seed=ssd_seed + 1, with_initial_states=True)
+    with compile_only("cuda:90"):
+        mamba_chunk_scan_combined_varlen(out=torch.empty_like(inputs.x), **inputs.kernel_kwargs(layer))
+    for jf in kernels:
+        new = [k for k in cached_binaries(jf) if id(k) not in before]
+        assert new, f"no new {jf.__name__} binary was compiled for sm_90"
+        for k in new:
+            assert "cvt.rn.bf16x2.f32" in k.asm["ptx"], jf.__name__
+            if version_at_least(3, 3):  # 3.2 still stores chunk_scan's bf16 output with scalar roundings
+                assert not re.search(r"cvt\.rn\.bf16\.f32", k.asm["ptx"]), f"{jf.__name__} rounds one value at a time"
+
+
+def test_chunk_state_scales_the_smaller_tile():
+    """SCALE_X: the decay scale goes on x's (BLOCK_M, BLOCK_K) tile when it is the smaller one."""
+    assert configs.default_configs(LayerDims(80, 1, 64, 128, 256, torch.bfloat16))["chunk_state"].blocks["SCALE_X"]
+    assert not configs.default_configs(LayerDims(8, 1, 64, 32, 256, torch.bfloat16))["chunk_state"].blocks["SCALE_X"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import triton.language as tl
 
 from ..triton_compat import kernel_pair
+from .narrow import bf16x2
 
 
 def _chunk_scan_kernel(
@@ -30,7 +31,7 @@ def _chunk_scan_kernel(
     H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
     HAS_INITSTATES: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
     FACTORED_DECAY: tl.constexpr,
-    SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr,
+    SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr, PACK_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DSTATE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
@@ -71,12 +72,16 @@ def _chunk_scan_kernel(
             mask_s = (s0 + offs_s) < N
             c = tl.load(c_ptrs + s0, mask=mask_m[:, None] & mask_s[None, :], other=0.0)
             st = tl.load(prev_ptrs + s0, mask=mask_s[:, None] & mask_n[None, :], other=0.0)
-            st_hi, c_hi = st.to(NARROW), c.to(NARROW)
+            st_hi, c_hi = bf16x2(st) if PACK_BF16 else st.to(NARROW), c.to(NARROW)
             acc = tl.dot(c_hi.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
             if SPLIT_F32:
-                acc = tl.dot(c_hi.to(DOT_DTYPE), (st - st_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+                st_lo = st - st_hi.to(tl.float32)
+                st_lo = bf16x2(st_lo) if PACK_BF16 else st_lo.to(NARROW)
+                acc = tl.dot(c_hi.to(DOT_DTYPE), st_lo.to(DOT_DTYPE), acc)
             if SPLIT_MODEL:
-                acc = tl.dot((c - c_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
+                c_lo = c - c_hi.to(tl.float32)
+                c_lo = bf16x2(c_lo) if PACK_BF16 else c_lo.to(NARROW)
+                acc = tl.dot(c_lo.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
     else:
         if HAS_INITSTATES:
             init_ptrs = initial_states_ptr + (seq.to(tl.int64) * H + h) * (P * N) + state_offs
@@ -84,12 +89,16 @@ def _chunk_scan_kernel(
                 mask_s = (s0 + offs_s) < N
                 c = tl.load(c_ptrs + s0, mask=mask_m[:, None] & mask_s[None, :], other=0.0)
                 st = tl.load(init_ptrs + s0, mask=mask_s[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-                st_hi, c_hi = st.to(NARROW), c.to(NARROW)
+                st_hi, c_hi = bf16x2(st) if PACK_BF16 else st.to(NARROW), c.to(NARROW)
                 acc = tl.dot(c_hi.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
                 if SPLIT_F32:
-                    acc = tl.dot(c_hi.to(DOT_DTYPE), (st - st_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+                    st_lo = st - st_hi.to(tl.float32)
+                    st_lo = bf16x2(st_lo) if PACK_BF16 else st_lo.to(NARROW)
+                    acc = tl.dot(c_hi.to(DOT_DTYPE), st_lo.to(DOT_DTYPE), acc)
                 if SPLIT_MODEL:
-                    acc = tl.dot((c - c_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
+                    c_lo = c - c_hi.to(tl.float32)
+                    c_lo = bf16x2(c_lo) if PACK_BF16 else c_lo.to(NARROW)
+                    acc = tl.dot(c_lo.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
 
     k_end = tl.minimum((pid_m + 1) * BLOCK_M, length)
     cb_ptrs = CB_ptr + (chunk64 * G + g) * (CHUNK_SIZE * CHUNK_SIZE) + offs_m[:, None] * CHUNK_SIZE + offs_k[None, :]
@@ -112,12 +121,16 @@ def _chunk_scan_kernel(
             dt_k = tl.load(dt_ptr + base_l + k, mask=mask_k, other=0.0)
             cb = cb * tl.where(mask_k, tl.exp(r - dA_k) * dt_k, 0.0)[None, :]
             xk = tl.load(x_ptrs + k0 * (H * P), mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            cb_hi, x_hi = cb.to(NARROW), xk.to(NARROW)
+            cb_hi, x_hi = bf16x2(cb) if PACK_BF16 else cb.to(NARROW), xk.to(NARROW)
             acc = tl.dot(cb_hi.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
             if SPLIT_F32:
-                acc = tl.dot((cb - cb_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
+                cb_lo = cb - cb_hi.to(tl.float32)
+                cb_lo = bf16x2(cb_lo) if PACK_BF16 else cb_lo.to(NARROW)
+                acc = tl.dot(cb_lo.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
             if SPLIT_MODEL:
-                acc = tl.dot(cb_hi.to(DOT_DTYPE), (xk - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+                x_lo = xk - x_hi.to(tl.float32)
+                x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
+                acc = tl.dot(cb_hi.to(DOT_DTYPE), x_lo.to(DOT_DTYPE), acc)
         acc *= tl.exp(dA_m - r)[:, None]
     else:
         acc *= tl.exp(dA_m)[:, None]
@@ -140,12 +153,16 @@ def _chunk_scan_kernel(
         # Tiles above the diagonal were never written by the bmm stage: select, never multiply.
         cb = tl.where(causal, cb * decay * dt_k[None, :], 0.0)
         xk = tl.load(x_ptrs + k0 * (H * P), mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        cb_hi, x_hi = cb.to(NARROW), xk.to(NARROW)
+        cb_hi, x_hi = bf16x2(cb) if PACK_BF16 else cb.to(NARROW), xk.to(NARROW)
         acc = tl.dot(cb_hi.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
         if SPLIT_F32:
-            acc = tl.dot((cb - cb_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
+            cb_lo = cb - cb_hi.to(tl.float32)
+            cb_lo = bf16x2(cb_lo) if PACK_BF16 else cb_lo.to(NARROW)
+            acc = tl.dot(cb_lo.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
         if SPLIT_MODEL:
-            acc = tl.dot(cb_hi.to(DOT_DTYPE), (xk - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+            x_lo = xk - x_hi.to(tl.float32)
+            x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
+            acc = tl.dot(cb_hi.to(DOT_DTYPE), x_lo.to(DOT_DTYPE), acc)
 
     io_offs = (start + offs_m[:, None]) * (H * P) + h * P + offs_n[None, :]
     mask_io = mask_m[:, None] & mask_n[None, :]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import triton.language as tl
 
 from ..triton_compat import kernel_pair
+from .narrow import bf16x2
 
 
 def _chunk_state_kernel(
@@ -33,7 +34,7 @@ def _chunk_state_kernel(
     dt_min, dt_max,
     H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DT_LIMIT: tl.constexpr, SCALE_X: tl.constexpr,
-    SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr,
+    SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr, PACK_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
     NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
 ):
@@ -87,21 +88,29 @@ def _chunk_state_kernel(
         w = tl.exp(dA_last - dA_k) * dt_k
         if SCALE_X:  # the scale on the (BLOCK_M, BLOCK_K) tile of x: the smaller operand for P < N
             xt = xt.to(tl.float32) * w[None, :]
-            x_hi, b_hi = xt.to(NARROW), b.to(NARROW)
+            x_hi, b_hi = bf16x2(xt) if PACK_BF16 else xt.to(NARROW), b.to(NARROW)
             acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
             if SPLIT_F32:
-                acc = tl.dot((xt - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
+                x_lo = xt - x_hi.to(tl.float32)
+                x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
+                acc = tl.dot(x_lo.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
             if SPLIT_MODEL:
-                acc = tl.dot(x_hi.to(DOT_DTYPE), (b - b_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+                b_lo = b - b_hi.to(tl.float32)
+                b_lo = bf16x2(b_lo) if PACK_BF16 else b_lo.to(NARROW)
+                acc = tl.dot(x_hi.to(DOT_DTYPE), b_lo.to(DOT_DTYPE), acc)
         else:
             b = b.to(tl.float32) * w[:, None]
-            b_hi = b.to(NARROW)
+            b_hi = bf16x2(b) if PACK_BF16 else b.to(NARROW)
             x_hi = xt.to(NARROW)
             acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
             if SPLIT_F32:
-                acc = tl.dot(x_hi.to(DOT_DTYPE), (b - b_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), acc)
+                b_lo = b - b_hi.to(tl.float32)
+                b_lo = bf16x2(b_lo) if PACK_BF16 else b_lo.to(NARROW)
+                acc = tl.dot(x_hi.to(DOT_DTYPE), b_lo.to(DOT_DTYPE), acc)
             if SPLIT_MODEL:
-                acc = tl.dot((xt - x_hi.to(tl.float32)).to(NARROW).to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
+                x_lo = xt - x_hi.to(tl.float32)
+                x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
+                acc = tl.dot(x_lo.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
 
     offs = (chunk.to(tl.int64) * H + h) * (P * N) + offs_m[:, None] * N + offs_n[None, :]
     tl.store(states_ptr + offs, acc, mask=mask_m[:, None] & mask_n[None, :])

@@ -234,7 +234,11 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
     # 3.6-3.9): the same bf16 values, multiplied exactly as the tensor cores multiply them.
     dot_dtype = _TL_DTYPES[torch.float32] if interpret and dots.narrow == torch.bfloat16 else narrow
     precision = dict(DOT_PRECISION=dots.input_precision, NARROW=narrow, DOT_DTYPE=dot_dtype)
-    common = dict(SPLIT_F32=dots.split_f32, SPLIT_MODEL=dots.split_model, INTERPRETED=interpret, **precision)
+    # bf16 pieces round two at a time on CUDA (kernels/narrow.py): not in the interpreter, not on AMD;
+    # not in a float32 model's chunk_state either, which it made slower on an H200 (0.115 -> 0.127 ms).
+    pack_bf16 = dots.narrow == torch.bfloat16 and not interpret and not amd
+    common = dict(SPLIT_F32=dots.split_f32, SPLIT_MODEL=dots.split_model, INTERPRETED=interpret, PACK_BF16=pack_bf16,
+                  **precision)
 
     def stage(name, kernel, tiles, **constexprs):
         c = cfg[name]
@@ -244,7 +248,7 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
     return _Plans(
         stage("chunk_state", CHUNK_STATE, lambda b: triton.cdiv(P, b["BLOCK_M"]) * triton.cdiv(N, b["BLOCK_N"]),
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
-              HAS_DT_LIMIT=has_dt_limit, **common),
+              HAS_DT_LIMIT=has_dt_limit, **dict(common, PACK_BF16=pack_bf16 and not dots.split_model)),
         stage("bmm_chunk", BMM_CHUNK, lambda b: (L // b["BLOCK_M"]) * (L // b["BLOCK_N"]),
               G=G, N=N, CHUNK_SIZE=L, SPLIT_MODEL=dots.split_model, **precision),
         stage("state_passing", STATE_PASSING, lambda b: triton.cdiv(P * N, b["BLOCK"]),

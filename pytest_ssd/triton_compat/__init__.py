@@ -20,12 +20,13 @@ from .driver import LOADED_BINARY_STUB, autotune_with_active_driver, swap_active
 from .fields import named_tuning_key
 from .interpreter_autotune import interpreter_autotuning, interpreter_benchmarker, tunes_interpreted
 from .launch import DIRECT_LAUNCH, DirectLauncher, KernelPair, autotune, jit_dispatch, kernel_pair
+from ._registry import cached_binaries
 from .observe import observe_triton, watch_jit_cache
 from .compile_ahead import binary_key, precompile
 
 __all__ = [
     "DIRECT_LAUNCH", "DirectLauncher", "KernelPair", "LOADED_BINARY_STUB", "autotune", "autotune_with_active_driver",
-    "binary_key", "interpreter_autotuning", "interpreter_benchmarker", "jit_dispatch", "kernel_pair",
+    "binary_key", "cached_binaries", "interpreter_autotuning", "interpreter_benchmarker", "jit_dispatch", "kernel_pair",
     "named_tuning_key", "observe_triton", "precompile", "swap_active_driver", "triton_release", "triton_version",
     "tunes_interpreted", "version_at_least", "watch_jit_cache",
 ]

@@ -94,11 +94,20 @@ def report_compile(jit_fn: Any, fields: dict) -> None:
         observer.on_compile(fields)
 
 
+def cached_binaries(jit_fn: Any) -> list:
+    """The compiled kernels in a JITFunction's in-memory caches, over all devices: 3.3-3.9 keep
+    ``device_caches[device]``, a tuple whose first item is the dict of binaries by key; 3.2 keeps
+    ``cache[device]``, that dict itself."""
+    dicts = [e[0] for e in getattr(jit_fn, "device_caches", {}).values()
+             if isinstance(e, tuple) and e and isinstance(e[0], dict)]
+    if not hasattr(jit_fn, "device_caches"):
+        dicts = [e for e in getattr(jit_fn, "cache", {}).values() if isinstance(e, dict)]
+    return [kernel for d in dicts for kernel in list(d.values())]
+
+
 def jit_cache_size(jit_fn: Any) -> int:
-    """Binaries in a JITFunction's in-memory caches, over all devices (3.2-3.9: each device's
-    entry is a tuple whose first item is the dict of binaries by key)."""
-    entries = list(getattr(jit_fn, "device_caches", {}).values())
-    return sum(len(e[0]) for e in entries if isinstance(e, tuple) and e and isinstance(e[0], dict))
+    """How many binaries :func:`cached_binaries` finds."""
+    return len(cached_binaries(jit_fn))
 
 
 def meet(jit_fn: Any) -> None:
