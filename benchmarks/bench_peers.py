@@ -95,7 +95,7 @@ def plot(saved: dict, path: str) -> None:
             values = [next((r[key] for r in rows if r["name"] == name and r["dtype"] == d), 0) for d in dtypes]
             bars = ax.bar([x + (i - (len(names) - 1) / 2) * width for x in range(len(dtypes))], values, width,
                           label=name)
-            ax.bar_label(bars, fmt="%.2f" if key == "steady_ms" else "%.0f", fontsize=8)
+            ax.bar_label(bars, fmt="%.3f" if key == "steady_ms" else "%.1f", fontsize=8)
         ax.set_xticks(range(len(dtypes)), dtypes)
         ax.set_ylabel(label)
         ax.legend(fontsize=8)

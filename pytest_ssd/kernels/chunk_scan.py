@@ -11,11 +11,17 @@ For token ``i`` of chunk ``c``, head ``h`` (group ``g``)::
 first chunk of a sequence it is that sequence's initial state (``HAS_INITSTATES``) or zero (the
 term is skipped).
 
+Below the diagonal block of an M-block the decay factors (``FACTORED_DECAY``, when dt' >= 0 so the
+dA cumsum is monotone): ``exp(dA_i - dA_j) = exp(dA_i - r) exp(r - dA_j)`` with ``r`` the cumsum
+at the block's first token, a scale per source token and one per target instead of an ``exp`` per
+pair; the diagonal block keeps the decay per element and the causal mask (docs/kernel.md).
+
 Precision: for 16-bit models the two float32 operands (the float32 state, and ``CB`` scaled by
 decay and dt) enter the tensor cores as hi/lo pairs of 16-bit values (``SPLIT_F32``): one
 rounding to bf16 there costs up to ~0.3 absolute on outputs of long sequences, more than
 vLLM's bf16 tolerance; the pair keeps float32 accuracy for one extra MMA each. Float32 models
 under ``bf16x3`` split the model's operands (``C``, ``x``) too (``SPLIT_MODEL``): three bf16 MMAs.
+``PACK_BF16``: bf16 pieces round two per instruction (narrow.py).
 """
 from __future__ import annotations
 

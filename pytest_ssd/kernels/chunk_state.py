@@ -16,10 +16,14 @@ The cumsum is fused here rather than launched alone: a 5 us kernel in front of t
 the GPU idle while the host launches the next one. Each tile program of a (chunk, head) computes
 it, writes the same bits, and reads them back for its own k-blocks.
 
-Precision: the scaled ``B`` is float32; for 16-bit models it enters the tensor cores as a hi/lo
+The scale ``exp(dA_last - dA_cumsum) * dt'`` goes on whichever tile is smaller: x's (BLOCK_M x
+BLOCK_K) when ``SCALE_X`` (head_dim <= dstate, as in Mamba2), else B's (the same product).
+
+Precision: the scaled operand is float32; for 16-bit models it enters the tensor cores as a hi/lo
 pair of 16-bit values (``SPLIT_F32``), so the product keeps float32 accuracy where one rounding of
 the scaled operand to bf16 costs up to ~0.3 absolute on outputs of long sequences. Float32 models
-under ``bf16x3`` split ``x`` too (``SPLIT_MODEL``): hi*hi + hi*lo + lo*hi in bf16 (configs.py).
+under ``bf16x3`` split the other operand too (``SPLIT_MODEL``): hi*hi + hi*lo + lo*hi in bf16
+(configs.py). ``PACK_BF16``: bf16 pieces round two per instruction (narrow.py).
 """
 from __future__ import annotations
 
