@@ -89,3 +89,23 @@ SCALE_KERNEL_TESTS = """
         x = torch.randn(n)
         scale_kernel[(1,)](x, n, FLAG=flag, BLOCK=64)
 """
+
+
+@triton.jit
+def _negated(x):
+    return -x
+
+
+@triton.jit
+def _doubled(x, NEGATE: tl.constexpr):
+    """A @jit helper that calls another: both must run under the interpreter too."""
+    if NEGATE:
+        x = _negated(x)
+    return x * 2
+
+
+def scale_with_helpers(x_ptr, out_ptr, n, BLOCK: tl.constexpr, NEGATE: tl.constexpr):
+    """out[i] = 2 * x[i] (negated if NEGATE), through two nested @jit helpers."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(out_ptr + offs, _doubled(tl.load(x_ptr + offs, mask=mask), NEGATE), mask=mask)

@@ -90,12 +90,27 @@ def test_the_compiled_bf16_kernels_round_with_packed_instructions(ssd_seed):
         new = [k for k in cached_binaries(jf) if id(k) not in before]
         assert new, f"no new {jf.__name__} binary was compiled for sm_90"
         for k in new:
-            assert "cvt.rn.bf16x2.f32" in k.asm["ptx"], jf.__name__
+            assert "cvt.rn.bf16x2.f32" in k.asm["ptx"], jf.__name__  # Triton 3.3+ packs some by itself: the next line tells
             if version_at_least(3, 3):  # 3.2 still stores chunk_scan's bf16 output with scalar roundings
                 assert not re.search(r"cvt\.rn\.bf16\.f32", k.asm["ptx"]), f"{jf.__name__} rounds one value at a time"
 
 
 def test_chunk_state_scales_the_smaller_tile():
-    """SCALE_X: the decay scale goes on x's (BLOCK_M, BLOCK_K) tile when it is the smaller one."""
-    assert configs.default_configs(LayerDims(80, 1, 64, 128, 256, torch.bfloat16))["chunk_state"].blocks["SCALE_X"]
-    assert not configs.default_configs(LayerDims(8, 1, 64, 32, 256, torch.bfloat16))["chunk_state"].blocks["SCALE_X"]
+    """SCALE_X: the decay scale goes on x's (BLOCK_M, BLOCK_K) tile when it is the smaller one, also
+    under a config override of the tiles; an override may set it outright (to measure)."""
+    def scale_x(P, N):
+        return combined._stage_plans(8, 1, P, N, 256, torch.bfloat16, **FLAGS, interpret=True).chunk_state.constexprs[
+            "SCALE_X"]
+
+    assert scale_x(64, 128) and not scale_x(64, 32)
+    state = configs.default_configs(LayerDims(8, 1, 64, 128, 256, torch.bfloat16))["chunk_state"]
+    with configs.overridden("chunk_state", LaunchConfig({**state.blocks, "BLOCK_N": 32}, 4, 3)):
+        assert not scale_x(64, 128)
+    with configs.overridden("chunk_state", LaunchConfig({**state.blocks, "SCALE_X": False}, 4, 3)):
+        assert not scale_x(64, 128)
+
+
+def test_bf16_pieces_are_not_packed_before_sm_80():
+    """cvt.rn.bf16x2.f32 needs sm_80: older targets keep Triton's own rounding."""
+    plans = combined._stage_plans(8, 1, 64, 128, 256, torch.bfloat16, **FLAGS, interpret=False, target="cuda:75")
+    assert plans.chunk_scan.constexprs["PACK_BF16"] is False and plans.chunk_state.constexprs["PACK_BF16"] is False

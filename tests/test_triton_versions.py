@@ -149,3 +149,23 @@ def test_named_tuning_key_is_tritons_key():
     assert key == (40, "torch.float32", "torch.bfloat16", "torch.float32")
     assert values == {"nheads": 40}
     assert dtypes == {"x_ptr": "torch.float32", "states_ptr": "torch.bfloat16", "out_ptr": "torch.float32"}
+
+
+def test_a_kernel_pair_interprets_its_jit_helpers_and_compiles_them_as_they_are(triton_cache_dir):
+    """The interpreted kernel calls its @jit helpers (and theirs) as device functions; the compiled
+    one keeps the JITFunctions, which Triton inlines (compile-only here)."""
+    from triton.runtime.jit import JITFunction
+
+    pair = triton_compat.kernel_pair(kt.scale_with_helpers)
+    torch.manual_seed(0)
+    x = torch.randn(100)
+    assert pair.compiled.fn is kt.scale_with_helpers
+    assert isinstance(pair.compiled.fn.__globals__["_doubled"], JITFunction)
+    # compiled first: up to Triton 3.5 the interpreter patches triton.language for good
+    with compile_only("cuda:90"):
+        pair.compiled[(2,)](x, torch.empty(100), 100, BLOCK=64, NEGATE=True)
+    assert triton_compat.cached_binaries(pair.compiled), "the compiled kernel did not compile"
+    for negate in (False, True):
+        out = torch.full((100,), float("nan"))
+        pair.interpreted[(2,)](x, out, 100, BLOCK=64, NEGATE=negate)
+        torch.testing.assert_close(out, -2 * x if negate else 2 * x, rtol=0, atol=0)

@@ -17,7 +17,8 @@ at the block's first token, a scale per source token and one per target instead 
 pair; the diagonal block keeps the decay per element and the causal mask (docs/kernel.md).
 
 Precision: for 16-bit models the two float32 operands (the float32 state, and ``CB`` scaled by
-decay and dt) enter the tensor cores as hi/lo pairs of 16-bit values (``SPLIT_F32``): one
+decay and dt) enter the tensor cores as hi/lo pairs of 16-bit values (``SPLIT_F32``,
+:func:`pytest_ssd.kernels.narrow.split_dot`): one
 rounding to bf16 there costs up to ~0.3 absolute on outputs of long sequences, more than
 vLLM's bf16 tolerance; the pair keeps float32 accuracy for one extra MMA each. Float32 models
 under ``bf16x3`` split the model's operands (``C``, ``x``) too (``SPLIT_MODEL``): three bf16 MMAs.
@@ -25,10 +26,25 @@ under ``bf16x3`` split the model's operands (``C``, ``x``) too (``SPLIT_MODEL``)
 """
 from __future__ import annotations
 
+import triton
 import triton.language as tl
 
 from ..triton_compat import kernel_pair
-from .narrow import bf16x2
+from .narrow import split_dot
+
+
+@triton.jit
+def _state_term(acc, c_ptrs, state_ptrs, mask_m, mask_n, offs_s, N: tl.constexpr, BLOCK_DSTATE: tl.constexpr,
+                SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, PACK_BF16: tl.constexpr, NARROW: tl.constexpr,
+                DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``acc + C_m @ state^T`` over dstate blocks; ``state_ptrs`` a (dstate, head_dim) view of a state
+    in float32 or any state dtype (one binary of this helper per pointer type, inlined)."""
+    for s0 in range(0, N, BLOCK_DSTATE):
+        mask_s = (s0 + offs_s) < N
+        c = tl.load(c_ptrs + s0, mask=mask_m[:, None] & mask_s[None, :], other=0.0)
+        st = tl.load(state_ptrs + s0, mask=mask_s[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        acc = split_dot(st, c, acc, False, SPLIT_F32, SPLIT_MODEL, PACK_BF16, NARROW, DOT_DTYPE, DOT_PRECISION)
+    return acc
 
 
 def _chunk_scan_kernel(
@@ -69,42 +85,14 @@ def _chunk_scan_kernel(
     state_offs = offs_n[None, :] * N + offs_s[:, None]  # (dstate, head_dim) view of a (P, N) state
 
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    # Two copies of the state-term loop: the previous chunk's state (float32) and the initial state
-    # (any state dtype) are pointers of different types, and a nested @jit helper is not callable
-    # under the interpreter; one loop over masked loads of both would add loads to every binary.
-    if prev_seq == seq:
-        prev_ptrs = states_ptr + ((chunk64 - 1) * H + h) * (P * N) + state_offs
-        for s0 in range(0, N, BLOCK_DSTATE):
-            mask_s = (s0 + offs_s) < N
-            c = tl.load(c_ptrs + s0, mask=mask_m[:, None] & mask_s[None, :], other=0.0)
-            st = tl.load(prev_ptrs + s0, mask=mask_s[:, None] & mask_n[None, :], other=0.0)
-            st_hi, c_hi = bf16x2(st) if PACK_BF16 else st.to(NARROW), c.to(NARROW)
-            acc = tl.dot(c_hi.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-            if SPLIT_F32:
-                st_lo = st - st_hi.to(tl.float32)
-                st_lo = bf16x2(st_lo) if PACK_BF16 else st_lo.to(NARROW)
-                acc = tl.dot(c_hi.to(DOT_DTYPE), st_lo.to(DOT_DTYPE), acc)
-            if SPLIT_MODEL:
-                c_lo = c - c_hi.to(tl.float32)
-                c_lo = bf16x2(c_lo) if PACK_BF16 else c_lo.to(NARROW)
-                acc = tl.dot(c_lo.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
+    if prev_seq == seq:  # the chunk continues its sequence: the previous chunk's end state (float32)
+        acc = _state_term(acc, c_ptrs, states_ptr + ((chunk64 - 1) * H + h) * (P * N) + state_offs, mask_m, mask_n,
+                          offs_s, N, BLOCK_DSTATE, SPLIT_F32, SPLIT_MODEL, PACK_BF16, NARROW, DOT_DTYPE, DOT_PRECISION)
     else:
-        if HAS_INITSTATES:
-            init_ptrs = initial_states_ptr + (seq.to(tl.int64) * H + h) * (P * N) + state_offs
-            for s0 in range(0, N, BLOCK_DSTATE):
-                mask_s = (s0 + offs_s) < N
-                c = tl.load(c_ptrs + s0, mask=mask_m[:, None] & mask_s[None, :], other=0.0)
-                st = tl.load(init_ptrs + s0, mask=mask_s[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-                st_hi, c_hi = bf16x2(st) if PACK_BF16 else st.to(NARROW), c.to(NARROW)
-                acc = tl.dot(c_hi.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-                if SPLIT_F32:
-                    st_lo = st - st_hi.to(tl.float32)
-                    st_lo = bf16x2(st_lo) if PACK_BF16 else st_lo.to(NARROW)
-                    acc = tl.dot(c_hi.to(DOT_DTYPE), st_lo.to(DOT_DTYPE), acc)
-                if SPLIT_MODEL:
-                    c_lo = c - c_hi.to(tl.float32)
-                    c_lo = bf16x2(c_lo) if PACK_BF16 else c_lo.to(NARROW)
-                    acc = tl.dot(c_lo.to(DOT_DTYPE), st_hi.to(DOT_DTYPE), acc)
+        if HAS_INITSTATES:  # a sequence's first chunk: its initial state (any state dtype)
+            acc = _state_term(acc, c_ptrs, initial_states_ptr + (seq.to(tl.int64) * H + h) * (P * N) + state_offs,
+                              mask_m, mask_n, offs_s, N, BLOCK_DSTATE, SPLIT_F32, SPLIT_MODEL, PACK_BF16, NARROW,
+                              DOT_DTYPE, DOT_PRECISION)
 
     k_end = tl.minimum((pid_m + 1) * BLOCK_M, length)
     cb_ptrs = CB_ptr + (chunk64 * G + g) * (CHUNK_SIZE * CHUNK_SIZE) + offs_m[:, None] * CHUNK_SIZE + offs_k[None, :]
@@ -127,16 +115,7 @@ def _chunk_scan_kernel(
             dt_k = tl.load(dt_ptr + base_l + k, mask=mask_k, other=0.0)
             cb = cb * tl.where(mask_k, tl.exp(r - dA_k) * dt_k, 0.0)[None, :]
             xk = tl.load(x_ptrs + k0 * (H * P), mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            cb_hi, x_hi = bf16x2(cb) if PACK_BF16 else cb.to(NARROW), xk.to(NARROW)
-            acc = tl.dot(cb_hi.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-            if SPLIT_F32:
-                cb_lo = cb - cb_hi.to(tl.float32)
-                cb_lo = bf16x2(cb_lo) if PACK_BF16 else cb_lo.to(NARROW)
-                acc = tl.dot(cb_lo.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
-            if SPLIT_MODEL:
-                x_lo = xk - x_hi.to(tl.float32)
-                x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
-                acc = tl.dot(cb_hi.to(DOT_DTYPE), x_lo.to(DOT_DTYPE), acc)
+            acc = split_dot(cb, xk, acc, True, SPLIT_F32, SPLIT_MODEL, PACK_BF16, NARROW, DOT_DTYPE, DOT_PRECISION)
         acc *= tl.exp(dA_m - r)[:, None]
     else:
         acc *= tl.exp(dA_m)[:, None]
@@ -159,16 +138,7 @@ def _chunk_scan_kernel(
         # Tiles above the diagonal were never written by the bmm stage: select, never multiply.
         cb = tl.where(causal, cb * decay * dt_k[None, :], 0.0)
         xk = tl.load(x_ptrs + k0 * (H * P), mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        cb_hi, x_hi = bf16x2(cb) if PACK_BF16 else cb.to(NARROW), xk.to(NARROW)
-        acc = tl.dot(cb_hi.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-        if SPLIT_F32:
-            cb_lo = cb - cb_hi.to(tl.float32)
-            cb_lo = bf16x2(cb_lo) if PACK_BF16 else cb_lo.to(NARROW)
-            acc = tl.dot(cb_lo.to(DOT_DTYPE), x_hi.to(DOT_DTYPE), acc)
-        if SPLIT_MODEL:
-            x_lo = xk - x_hi.to(tl.float32)
-            x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
-            acc = tl.dot(cb_hi.to(DOT_DTYPE), x_lo.to(DOT_DTYPE), acc)
+        acc = split_dot(cb, xk, acc, True, SPLIT_F32, SPLIT_MODEL, PACK_BF16, NARROW, DOT_DTYPE, DOT_PRECISION)
 
     io_offs = (start + offs_m[:, None]) * (H * P) + h * P + offs_n[None, :]
     mask_io = mask_m[:, None] & mask_n[None, :]

@@ -20,17 +20,16 @@ The scale ``exp(dA_last - dA_cumsum) * dt'`` goes on whichever tile is smaller: 
 BLOCK_K) when ``SCALE_X`` (head_dim <= dstate, as in Mamba2), else B's (the same product).
 
 Precision: the scaled operand is float32; for 16-bit models it enters the tensor cores as a hi/lo
-pair of 16-bit values (``SPLIT_F32``), so the product keeps float32 accuracy where one rounding of
-the scaled operand to bf16 costs up to ~0.3 absolute on outputs of long sequences. Float32 models
-under ``bf16x3`` split the other operand too (``SPLIT_MODEL``): hi*hi + hi*lo + lo*hi in bf16
-(configs.py). ``PACK_BF16``: bf16 pieces round two per instruction (narrow.py).
+pair of 16-bit values (``SPLIT_F32``, :func:`pytest_ssd.kernels.narrow.split_dot`), so the
+product keeps float32 accuracy where one rounding of the scaled operand to bf16 costs up to ~0.3
+absolute on outputs of long sequences.
 """
 from __future__ import annotations
 
 import triton.language as tl
 
 from ..triton_compat import kernel_pair
-from .narrow import bf16x2
+from .narrow import split_dot
 
 
 def _chunk_state_kernel(
@@ -91,30 +90,11 @@ def _chunk_state_kernel(
         dt_k = tl.load(dt_out_ptr + base_l + k, mask=mask_k, other=0.0, cache_modifier=".cg")
         w = tl.exp(dA_last - dA_k) * dt_k
         if SCALE_X:  # the scale on the (BLOCK_M, BLOCK_K) tile of x: the smaller operand for P < N
-            xt = xt.to(tl.float32) * w[None, :]
-            x_hi, b_hi = bf16x2(xt) if PACK_BF16 else xt.to(NARROW), b.to(NARROW)
-            acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-            if SPLIT_F32:
-                x_lo = xt - x_hi.to(tl.float32)
-                x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
-                acc = tl.dot(x_lo.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
-            if SPLIT_MODEL:
-                b_lo = b - b_hi.to(tl.float32)
-                b_lo = bf16x2(b_lo) if PACK_BF16 else b_lo.to(NARROW)
-                acc = tl.dot(x_hi.to(DOT_DTYPE), b_lo.to(DOT_DTYPE), acc)
+            acc = split_dot(xt.to(tl.float32) * w[None, :], b, acc, True, SPLIT_F32, SPLIT_MODEL, PACK_BF16, NARROW,
+                            DOT_DTYPE, DOT_PRECISION)
         else:
-            b = b.to(tl.float32) * w[:, None]
-            b_hi = bf16x2(b) if PACK_BF16 else b.to(NARROW)
-            x_hi = xt.to(NARROW)
-            acc = tl.dot(x_hi.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-            if SPLIT_F32:
-                b_lo = b - b_hi.to(tl.float32)
-                b_lo = bf16x2(b_lo) if PACK_BF16 else b_lo.to(NARROW)
-                acc = tl.dot(x_hi.to(DOT_DTYPE), b_lo.to(DOT_DTYPE), acc)
-            if SPLIT_MODEL:
-                x_lo = xt - x_hi.to(tl.float32)
-                x_lo = bf16x2(x_lo) if PACK_BF16 else x_lo.to(NARROW)
-                acc = tl.dot(x_lo.to(DOT_DTYPE), b_hi.to(DOT_DTYPE), acc)
+            acc = split_dot(b.to(tl.float32) * w[:, None], xt, acc, False, SPLIT_F32, SPLIT_MODEL, PACK_BF16, NARROW,
+                            DOT_DTYPE, DOT_PRECISION)
 
     offs = (chunk.to(tl.int64) * H + h) * (P * N) + offs_m[:, None] * N + offs_n[None, :]
     tl.store(states_ptr + offs, acc, mask=mask_m[:, None] & mask_n[None, :])

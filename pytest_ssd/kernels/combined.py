@@ -234,9 +234,10 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
     # 3.6-3.9): the same bf16 values, multiplied exactly as the tensor cores multiply them.
     dot_dtype = _TL_DTYPES[torch.float32] if interpret and dots.narrow == torch.bfloat16 else narrow
     precision = dict(DOT_PRECISION=dots.input_precision, NARROW=narrow, DOT_DTYPE=dot_dtype)
-    # bf16 pieces round two at a time on CUDA (kernels/narrow.py): not in the interpreter, not on AMD;
-    # not in a float32 model's chunk_state either, which it made slower on an H200 (0.115 -> 0.127 ms).
-    pack_bf16 = dots.narrow == torch.bfloat16 and not interpret and not amd
+    # bf16 pieces round two at a time on CUDA sm_80+ (kernels/narrow.py; older GPUs have no packed
+    # bf16 conversion): not in the interpreter, not on AMD; not in a float32 model's chunk_state
+    # either, which it made slower on an H200 (0.115 -> 0.127 ms).
+    pack_bf16 = dots.narrow == torch.bfloat16 and not interpret and not amd and _cuda_arch(target) >= 80
     common = dict(SPLIT_F32=dots.split_f32, SPLIT_MODEL=dots.split_model, INTERPRETED=interpret, PACK_BF16=pack_bf16,
                   **precision)
 
@@ -245,8 +246,11 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
         return _StagePlan(kernel.pick(interpret), dict(constexprs, **c.launch_kwargs(interpret, cuda=not amd)),
                           tiles(c.blocks))
 
+    state_blocks = cfg["chunk_state"].blocks
     return _Plans(
+        # SCALE_X: the decay scale on the smaller of chunk_state's two tiles (x's when BLOCK_M <= BLOCK_N)
         stage("chunk_state", CHUNK_STATE, lambda b: triton.cdiv(P, b["BLOCK_M"]) * triton.cdiv(N, b["BLOCK_N"]),
+              SCALE_X=state_blocks["BLOCK_M"] <= state_blocks["BLOCK_N"],
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
               HAS_DT_LIMIT=has_dt_limit, **dict(common, PACK_BF16=pack_bf16 and not dots.split_model)),
         stage("bmm_chunk", BMM_CHUNK, lambda b: (L // b["BLOCK_M"]) * (L // b["BLOCK_N"]),
@@ -259,6 +263,15 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
         # dt', dA cumsum, C.B^T, chunk states
         _Workspace.of((H, L), (H, L), (G, L, L), (H, P, N)),
     )
+
+
+def _cuda_arch(target: Optional[str]) -> int:
+    """The CUDA architecture a plan compiles for, as 90 for sm_90: the compile-only target's, else
+    the current device's (a process whose GPUs differ in architecture shares the first's plans)."""
+    if target is not None:
+        return int(target.split(":")[1]) if target.startswith("cuda:") else 0
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
 
 
 _LAUNCHER = DirectLauncher()

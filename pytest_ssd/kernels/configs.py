@@ -63,7 +63,7 @@ class LayerDims(NamedTuple):
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    blocks: dict = field(default_factory=dict)  # BLOCK_* (and tile-bound) constexprs of the kernel
+    blocks: dict = field(default_factory=dict)  # BLOCK_* constexprs of the kernel (and, to measure, any other)
     num_warps: int = 4
     num_stages: int = 2
     maxnreg: Optional[int] = None  # registers per thread at most (CUDA only): more CTAs per SM
@@ -89,15 +89,14 @@ def default_configs(dims: LayerDims) -> dict:
     16-bit model's tile: smaller dstate and token blocks win there (H200, docs/kernel.md).
     chunk_scan is capped at 128 registers per thread (``maxnreg``; CUDA only): four CTAs per SM
     instead of three, no spills, 15% less time on an H200 (docs/kernel.md, "Registers").
-    chunk_state puts the decay scale (and the hi/lo split it needs) on the smaller of its two tiles
-    (``SCALE_X``: x's when BLOCK_M <= BLOCK_N): 7-25% less chunk_state time on an H200.
+    (The plan puts chunk_state's decay scale on the smaller of its two tiles, ``SCALE_X``:
+    combined.py.)
     """
     L, P, N = dims.chunk_size, _pow2(dims.head_dim), _pow2(dims.dstate)
     fp32 = dims.dtype == torch.float32
     return {
         "chunk_state": LaunchConfig({"BLOCK_M": min(64, P), "BLOCK_N": min(128, N),
-                                     "BLOCK_K": min(16 if fp32 else 32, L),
-                                     "SCALE_X": min(64, P) <= min(128, N)}, num_warps=4, num_stages=3),
+                                     "BLOCK_K": min(16 if fp32 else 32, L)}, num_warps=4, num_stages=3),
         "bmm_chunk": LaunchConfig({"BLOCK_M": min(64, L), "BLOCK_N": min(64, L), "BLOCK_K": min(64, N)},
                                   num_warps=4, num_stages=2),
         "state_passing": LaunchConfig({"BLOCK": min(1024, _pow2(dims.head_dim * dims.dstate))}, num_warps=4,

@@ -58,12 +58,40 @@ def kernel_pair(
     from triton.runtime.jit import JITFunction
 
     compiled = JITFunction(fn)
-    interpreted = InterpretedFunction(fn)
+    interpreted = InterpretedFunction(interpretable(fn))
     if autotune_configs:
         compiled = autotune(compiled, autotune_configs, autotune_key)
         interpreted = autotune(interpreted, autotune_configs, autotune_key,
                                do_bench=interpreter_benchmarker(run_each_config=True))
     return KernelPair(compiled=compiled, interpreted=interpreted)
+
+
+def interpretable(fn: Callable, _done: dict | None = None) -> Callable:
+    """``fn`` as Triton's interpreter can run it outside ``TRITON_INTERPRET``: a copy whose globals
+    map each ``@triton.jit`` helper it names to an ``InterpretedFunction`` of that helper (made
+    interpretable the same way). A helper called from an interpreted kernel must be one: the
+    interpreter calls it as a device function, while a ``JITFunction`` refuses to be called outside
+    a compiled kernel. The compiled kernel keeps ``fn`` and its helpers as they are.
+    """
+    import types
+
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    done = {} if _done is None else _done
+    if fn in done:
+        return done[fn]
+    helpers = {name: fn.__globals__[name] for name in fn.__code__.co_names
+               if isinstance(fn.__globals__.get(name), JITFunction)}
+    if not helpers:
+        done[fn] = fn
+        return fn
+    copy = types.FunctionType(fn.__code__, dict(fn.__globals__), fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__module__, copy.__qualname__, copy.__doc__ = fn.__module__, fn.__qualname__, fn.__doc__
+    done[fn] = copy  # before the helpers: a helper that calls back finds it
+    for name, helper in helpers.items():
+        copy.__globals__[name] = InterpretedFunction(interpretable(helper.fn, done))
+    return copy
 
 
 def autotune(
