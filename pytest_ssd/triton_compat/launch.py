@@ -53,6 +53,7 @@ def kernel_pair(
     the interpreted one tunes with :func:`interpreter_benchmarker`: each config is launched once
     while tuning, and the first one wins (Triton 3.3+; on 3.2 only inside
     :func:`interpreter_autotuning`: 3.2's interpreter rejects launch options a ``triton.Config`` passes).
+    ``@triton.jit`` helpers that ``fn`` calls run in both: see :func:`interpretable`.
     """
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
