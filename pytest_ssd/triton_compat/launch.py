@@ -72,7 +72,8 @@ def interpretable(fn: Callable, _done: dict | None = None) -> Callable:
     map each ``@triton.jit`` helper it names to an ``InterpretedFunction`` of that helper (made
     interpretable the same way). A helper called from an interpreted kernel must be one: the
     interpreter calls it as a device function, while a ``JITFunction`` refuses to be called outside
-    a compiled kernel. The compiled kernel keeps ``fn`` and its helpers as they are.
+    a compiled kernel. The compiled kernel keeps ``fn`` and its helpers as they are. The copy's
+    globals are the module's as they are now (build kernel pairs at the end of their module).
     """
     import types
 
