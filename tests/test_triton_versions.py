@@ -169,3 +169,27 @@ def test_a_kernel_pair_interprets_its_jit_helpers_and_compiles_them_as_they_are(
         out = torch.full((100,), float("nan"))
         pair.interpreted[(2,)](x, out, 100, BLOCK=64, NEGATE=negate)
         torch.testing.assert_close(out, -2 * x if negate else 2 * x, rtol=0, atol=0)
+
+
+def test_compiling_after_an_interpreted_call_of_the_bundled_kernel(mixer2_layer, ssd_inputs, ssd_seed,
+                                                                   triton_cache_dir):
+    """Triton 3.2-3.5's interpreter leaves triton.language patched, and compiling in that process
+    then fails; our interpreted kernels undo the patches after each launch
+    (triton_compat.language_restored), so CPU numerics and compile-only checks share a process."""
+    import triton.language as tl
+
+    from pytest_ssd.kernels import mamba_chunk_scan_combined_varlen
+
+    print(f"seed={ssd_seed}")
+    before = {name: getattr(tl, name) for name in ("load", "dot", "range", "static_range")}
+    layer = mixer2_layer(nheads=4, head_dim=16, ssm_state_size=16, chunk_size=16, dtype=torch.float32,
+                         state_dtype=torch.float32, device="cpu")
+    inputs = ssd_inputs(layer, [20, 3], device="cpu")
+    out = torch.full_like(inputs.x, float("nan"))
+    mamba_chunk_scan_combined_varlen(out=out, **inputs.kernel_kwargs(layer))  # interpreted
+    assert bool(torch.isfinite(out).all())
+    assert {name: getattr(tl, name) for name in before} == before, "triton.language is still patched"
+    pair = triton_compat.kernel_pair(kt.scale)
+    with compile_only("cuda:90"):
+        pair.compiled[(1,)](torch.randn(64), torch.empty(64), 64, 1, BLOCK=64, DOUBLE=True)
+    assert triton_compat.cached_binaries(pair.compiled)

@@ -360,7 +360,8 @@ def _device_guard(device: torch.device):
 
 
 _NO_GUARD = contextlib.nullcontext()
-# Triton's interpreter patches triton.language while it runs a kernel: one interpreted call at a time.
+# Triton's interpreter patches triton.language while it runs a kernel: one interpreted call at a time
+# (before Triton 3.6 our kernel pairs undo the patches after it: triton_compat.interpreter_patches).
 _INTERPRETER_LOCK = threading.Lock()
 
 

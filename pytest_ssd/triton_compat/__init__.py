@@ -7,6 +7,7 @@ differs by version for it:
 
 - :mod:`.launch`: building and launching kernels (``kernel_pair``, ``autotune``, ``DirectLauncher``);
 - :mod:`.interpreter_autotune`: autotuners of interpreted kernels, which have no driver;
+- :mod:`.interpreter_patches`: undoing the interpreter's patches of ``triton.language`` (``language_restored``);
 - :mod:`.observe`: the recorder's hook adapters (``observe_triton``, ``watch_jit_cache``), with
   :mod:`.jit_hooks`, :mod:`.autotune_hooks`, :mod:`.fields` and :mod:`._registry` under it;
 - :mod:`.driver`: the driver swap and autotuning for compile-only mode;
@@ -19,14 +20,16 @@ from ._versions import triton_release, triton_version, version_at_least
 from .driver import LOADED_BINARY_STUB, autotune_with_active_driver, swap_active_driver
 from .fields import named_tuning_key
 from .interpreter_autotune import interpreter_autotuning, interpreter_benchmarker, tunes_interpreted
+from .interpreter_patches import language_restored
 from .launch import DIRECT_LAUNCH, DirectLauncher, KernelPair, autotune, jit_dispatch, kernel_pair
 from ._registry import cached_binaries
 from .observe import observe_triton, watch_jit_cache
 from .compile_ahead import binary_key, precompile
 
 __all__ = [
-    "DIRECT_LAUNCH", "DirectLauncher", "KernelPair", "LOADED_BINARY_STUB", "autotune", "autotune_with_active_driver",
-    "binary_key", "cached_binaries", "interpreter_autotuning", "interpreter_benchmarker", "jit_dispatch", "kernel_pair",
-    "named_tuning_key", "observe_triton", "precompile", "swap_active_driver", "triton_release", "triton_version",
-    "tunes_interpreted", "version_at_least", "watch_jit_cache",
+    "autotune", "autotune_with_active_driver", "binary_key", "cached_binaries", "DIRECT_LAUNCH", "DirectLauncher",
+    "interpreter_autotuning", "interpreter_benchmarker", "jit_dispatch", "kernel_pair", "KernelPair",
+    "language_restored", "LOADED_BINARY_STUB", "named_tuning_key", "observe_triton", "precompile",
+    "swap_active_driver", "triton_release", "triton_version", "tunes_interpreted", "version_at_least",
+    "watch_jit_cache",
 ]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ._versions import triton_version, version_at_least
 from .driver import bench_with_active_driver
 from .interpreter_autotune import interpreter_benchmarker
+from .interpreter_patches import RESTORES, language_restored
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,50 @@ def kernel_pair(
     the interpreted one tunes with :func:`interpreter_benchmarker`: each config is launched once
     while tuning, and the first one wins (Triton 3.3+; on 3.2 only inside
     :func:`interpreter_autotuning`: 3.2's interpreter rejects launch options a ``triton.Config`` passes).
-    ``@triton.jit`` helpers that ``fn`` calls run in both: see :func:`interpretable`.
+    ``@triton.jit`` helpers that ``fn`` calls run in both: see :func:`interpretable`. Before Triton
+    3.6 the interpreted kernel undoes the interpreter's patches of ``triton.language`` after each
+    launch, so kernels still compile in the process (:mod:`.interpreter_patches`).
     """
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     compiled = JITFunction(fn)
-    interpreted = InterpretedFunction(interpretable(fn))
+    interpreted = _restoring(InterpretedFunction)(interpretable(fn))
     if autotune_configs:
         compiled = autotune(compiled, autotune_configs, autotune_key)
         interpreted = autotune(interpreted, autotune_configs, autotune_key,
                                do_bench=interpreter_benchmarker(run_each_config=True))
     return KernelPair(compiled=compiled, interpreted=interpreted)
+
+
+def _restoring(interpreted_class: type) -> type:
+    """``InterpretedFunction`` whose launches undo the interpreter's patches of ``triton.language``
+    after them (Triton < 3.6: :mod:`.interpreter_patches`); the class itself on 3.6+. A launch is
+    ``run`` (a method, or on some versions an attribute set in ``__init__``) or ``[grid]`` (which
+    some versions send to a ``GridExecutor`` without ``run``): all of them are wrapped."""
+    if not RESTORES:
+        return interpreted_class
+
+    def restored(launch: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            with language_restored():
+                return launch(*args, **kwargs)
+        return wrapper
+
+    class Restoring(interpreted_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if "run" in vars(self):
+                self.run = restored(vars(self)["run"])
+
+        def run(self, *args, **kwargs):
+            with language_restored():
+                return super().run(*args, **kwargs)
+
+        def __getitem__(self, grid):
+            return restored(super().__getitem__(grid))
+
+    return Restoring
 
 
 def interpretable(fn: Callable, _done: dict | None = None) -> Callable:
