@@ -216,4 +216,6 @@ def test_a_replaced_hook_is_chained_again_and_a_blinded_recorder_fails_the_test(
         "*test_blinding.scale_kernel: its JIT cache grew by 1 binary, the hooks reported 0 compile(s)*",
         "*was replaced while recording*",
     ])
-    result.stdout.fnmatch_lines(["*RecorderHookWarning*jit_post_compile_hook was replaced while recording*"])
+    # the hook's name: knobs' jit_post_compile_hook (Triton 3.3+), JITFunction.compiled_hook (3.2)
+    result.stdout.re_match_lines([r".*RecorderHookWarning.*(jit_post_compile_hook|JITFunction\.compiled_hook) was replaced "
+                                  r"while recording.*"])
