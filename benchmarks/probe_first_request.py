@@ -204,12 +204,12 @@ def host_pieces() -> dict:
     meta = tuple(kw[k] for k in chunking.METADATA_NAMES)
     out, device = torch.empty_like(x), x.device
     tensors = (x, dt, layer.A, B, C, out, layer.D, None, layer.dt_bias, None)
-    # The flat key the entry point builds for this call (no initial states, no z, a real GPU).
-    key = (layer.local_heads, layer.local_groups, layer.head_dim, layer.ssm_state_size, layer.chunk_size, layer.dtype,
-           None, True, layer.D.dim() == 2, False, True, layer.dt_softplus,
-           tuple(layer.dt_limit) != (0.0, math.inf) or not layer.dt_softplus, float(layer.dt_limit[0]) >= 0.0,
-           False, None)
-    plans = combined._PLANS[key]  # the warmup planned it: this is the flat key a request builds
+    # The flat key the entry point builds for this call: planned again by one call, and read back
+    # (not rebuilt here, where it would drift from the entry point's).
+    combined._PLANS.clear()
+    combined.mamba_chunk_scan_combined_varlen(out=out, **kw)
+    (key,) = combined._PLANS
+    plans = combined._PLANS[key]
     T, nchunks = x.shape[0], meta[2].shape[0]
 
     def guard():

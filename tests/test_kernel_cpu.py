@@ -221,12 +221,8 @@ def test_default_dt_limit_clamps_a_negative_dt_to_zero(mixer2_layer, ssd_inputs,
     assert float((out.double() - unclamped).abs().max()) > 1e-3, f"the clamp changed nothing (seed={ssd_seed})"
 
 
-def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, ssd_seed, monkeypatch) -> None:
-    """The tuning sweep's overrides reach the launches (cached plans are dropped), and go away after."""
-    from pytest_ssd.kernels import configs
-
-    layer = mixer2_layer(**SMALL, device="cpu")
-    inputs = ssd_inputs(layer, [5, 20, 1], device="cpu")
+def _launched_constexprs(monkeypatch) -> list:
+    """From now on, each launch's constexprs (in launch order), appended to the returned list."""
     seen = []
     real = combined._launch
 
@@ -234,12 +230,23 @@ def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, s
         seen.append(dict(stage.constexprs))
         real(stage, grid, args, device_index, stream)
 
+    monkeypatch.setattr(combined, "_launch", spy)
+    return seen
+
+
+def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, ssd_seed, monkeypatch) -> None:
+    """The tuning sweep's overrides reach the launches (cached plans are dropped), and go away after."""
+    from pytest_ssd.kernels import configs
+
+    layer = mixer2_layer(**SMALL, device="cpu")
+    inputs = ssd_inputs(layer, [5, 20, 1], device="cpu")
+    seen = _launched_constexprs(monkeypatch)
+
     def scan_blocks():  # checks the numbers too: a block larger than the chunk must still be right
         seen.clear()
         check_against_reference(layer, inputs, seed=ssd_seed)
         return seen[3]["BLOCK_M"]
 
-    monkeypatch.setattr(combined, "_launch", spy)
     default = scan_blocks()
     with configs.overridden("chunk_scan", configs.LaunchConfig({"BLOCK_M": 32}, num_warps=2, num_stages=1)):
         assert scan_blocks() == 32 != default
@@ -307,14 +314,8 @@ def test_the_decay_is_factored_only_where_dt_cannot_be_negative(dt_limit, factor
     print(f"seed={ssd_seed} dt_limit={dt_limit}")
     layer = mixer2_layer(**dict(SMALL, chunk_size=64, dt_limit=dt_limit), device="cpu")
     inputs = ssd_inputs(layer, [150, 1, 64], with_initial_states=True, device="cpu")
-    seen = []
-    real = combined._launch
+    seen = _launched_constexprs(monkeypatch)
 
-    def spy(stage, grid, args, device_index, stream):
-        seen.append(dict(stage.constexprs))
-        real(stage, grid, args, device_index, stream)
-
-    monkeypatch.setattr(combined, "_launch", spy)
     scan = configs.default_configs(configs.LayerDims(4, 1, 16, 16, 64, torch.float32))["chunk_scan"]
     with configs.overridden("chunk_scan", configs.LaunchConfig({**scan.blocks, "BLOCK_M": 16, "BLOCK_K": 16},
                                                                scan.num_warps, scan.num_stages)):

@@ -87,12 +87,7 @@ def _restoring(interpreted_class: type) -> type:
     class Restoring(interpreted_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            if "run" in vars(self):
-                self.run = restored(vars(self)["run"])
-
-        def run(self, *args, **kwargs):
-            with language_restored():
-                return super().run(*args, **kwargs)
+            self.run = restored(self.run)  # the method, or the attribute some versions' __init__ sets
 
         def __getitem__(self, grid):
             return restored(super().__getitem__(grid))
