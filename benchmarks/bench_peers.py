@@ -7,7 +7,8 @@
 
 Per kernel and model dtype (the anchors' layer: 80 heads x 64, dstate 128, 1 group, chunk 256,
 fp32 states; request 1000/2048/517/3000 tokens): the warmup's wall time and binaries, the first
-request after it (wall ms around one synchronized call, compiles), and the steady state
+request after it (wall ms around one synchronized call, compiles), a warm lone call timed the
+same way (``single_ms``, the median of 10 after the first: not guarded), and the steady state
 (``triton.testing.do_bench`` median over 4 rotating input sets). Peers are given by import path:
 copy them from an installed release with ``benchmarks/peers/copy_ops.sh`` and put ``.peers/ops``
 on PYTHONPATH (never commit them). Default: the bundled kernel, warmed as an engine warms it
@@ -70,11 +71,28 @@ def _child(kernel: str, warmup: str, dtype: str) -> dict:
         ssd.run(layer, *sets[0])
         torch.cuda.synchronize()
         first_ms = (time.perf_counter() - start) * 1e3
+    single_ms = _single_call_ms(torch, lambda i: ssd.run(layer, *sets[i % len(sets)]))
     _, steady_ms, _ = do_bench_ms(rotating(sets, lambda inputs, out: ssd.run(layer, inputs, out)))
     return {"kernel": kernel, "dtype": dtype, "warmup_s": round(warmup_s, 2), "warmup_binaries": len(warm.binaries()),
             "warmup_autotune_keys": len(warm.autotune_keys()), "first_ms": round(first_ms, 3),
-            "first_events": len(first.events), "steady_ms": round(steady_ms, 4),
+            "first_events": len(first.events), "steady_ms": round(steady_ms, 4), "single_ms": round(single_ms, 3),
             "torch": torch.__version__, "triton": triton.__version__, "gpu": torch.cuda.get_device_name()}
+
+
+def _single_call_ms(torch, call, calls: int = 10) -> float:
+    """The median wall ms of ``calls`` warm calls, each timed as the first request is (synchronize,
+    call, synchronize): what a request arriving alone waits for once nothing is cold. Not guarded;
+    it tells the first request's own cost from what any lone call pays over do_bench's figure."""
+    import statistics
+
+    times = []
+    for i in range(1, calls + 1):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        call(i)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def plot(saved: dict, path: str) -> None:
@@ -136,6 +154,8 @@ def median_row(rows: list) -> dict:
         middle = statistics.median(r[figure] for r in rows)
         merged[figure] = int(middle) if all(isinstance(r[figure], int) for r in rows) and middle == int(middle) \
             else round(middle, 4)
+    if all("single_ms" in r for r in rows):
+        merged["single_ms"] = round(statistics.median(r["single_ms"] for r in rows), 3)
     # the target's ratio per process, then its median: not the ratio of two medians
     merged["first_ratio"] = round(statistics.median(r["first_ms"] / r["steady_ms"] for r in rows), 3)
     merged["repeats"] = rows
@@ -196,7 +216,8 @@ def main() -> None:
             of = f" (median of {len(row['repeats'])})" if "repeats" in row else ""
             print(f"{name:8} {short}: warmup {row['warmup_s']:6.1f}s {row['warmup_binaries']:3d} binaries | first "
                   f"{row['first_ms']:8.2f} ms ({row['first_ms'] / row['steady_ms']:.2f}x steady, "
-                  f"{row['first_events']} events) | steady {row['steady_ms']:.3f} ms{of}", flush=True)
+                  f"{row['first_events']} events; a warm lone call {row.get('single_ms', float('nan')):.2f} ms) | "
+                  f"steady {row['steady_ms']:.3f} ms{of}", flush=True)
     report = harness.write_result(args.result, {"layer": LAYER, "request": REQUEST, "rows": rows})
     guard_ok = _guard(report, baseline, args, {DTYPES[s] for s in shorts}) if baseline is not None else True
     sys.exit(0 if guard_ok and not failed else 1)

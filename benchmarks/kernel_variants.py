@@ -33,19 +33,26 @@ KERNELS = {"chunk_scan": "_chunk_scan_kernel", "chunk_state": "_chunk_state_kern
 def variants(dims) -> dict:
     """name -> {stage: LaunchConfig}: the default first, then changes to one stage each.
 
-    This round (docs/kernel.md, "Per kernel"): bf16 pieces rounded two per instruction
-    (``PACK_BF16``, kernels/narrow.py) against Triton's scalar rounding, one slow F2F per value on
-    sm_90 (the binaries before). Earlier rounds: chunk_scan's factored decay and a TF32 state term
-    (results/h200_kernel_variants_factored_decay.json), chunk_state's ``SCALE_X`` and tiles
+    This round (docs/kernel.md, "Per kernel"): bmm's tiles in extra programs of chunk_state's
+    launch (``FUSE_BMM``, the default for 16-bit models) against a launch of their own (the
+    default for float32). Earlier rounds: state passing's loads one chunk ahead and its block size
+    (results/h200_kernel_variants_fused_bmm_prefetch.json: not kept), bf16 pieces rounded two
+    per instruction (results/h200_kernel_variants_packed_bf16.json), chunk_scan's factored decay and
+    a TF32 state term (..._factored_decay.json), chunk_state's ``SCALE_X`` and tiles
     (..._chunk_state_scale.json), chunk_scan's pipelining and token tile (..._scan_pipelining.json).
     """
     from pytest_ssd.kernels import configs
     from pytest_ssd.kernels.configs import LaunchConfig
 
     base = configs.default_configs(dims)
-    scalar = {stage: LaunchConfig({**base[stage].blocks, "PACK_BF16": False}, base[stage].num_warps,
-                                  base[stage].num_stages, base[stage].maxnreg) for stage in ("chunk_scan", "chunk_state")}
-    return {"default": {}, "scalar bf16 rounding (before)": scalar}
+
+    def changed(stage, **blocks):
+        c = base[stage]
+        return {stage: LaunchConfig({**c.blocks, **blocks}, c.num_warps, c.num_stages, c.maxnreg)}
+
+    fused = base["chunk_state"].blocks["FUSE_BMM"]
+    return {"default": {}, f"bmm {'on its own launch' if fused else 'in chunk_state'}":
+            changed("chunk_state", FUSE_BMM=not fused)}
 
 
 def _share_used(got, ref, tol) -> float:

@@ -9,8 +9,9 @@ one. The bundled kernel takes no request-dependent integer and only aligned poin
 compiles every binary any later batch of the layer uses: any token count, any mix of sequence
 lengths, with or without initial states.
 
-Those calls compile six binaries (chunk state, C.B^T, state passing and chunk scan, the last two
-once per ``HAS_INITSTATES`` value). For the bundled kernel they compile side by side, one thread
+Those calls compile six binaries for a float32 model (chunk state, C.B^T, state passing and
+chunk scan, the last two once per ``HAS_INITSTATES`` value), five for a 16-bit one, whose C.B^T
+tiles run inside chunk state's launch. For the bundled kernel they compile side by side, one thread
 each, before the calls run (:func:`_compile_side_by_side`): Triton releases the GIL in its MLIR
 and LLVM passes and ptxas is a subprocess, so the wall time comes near the slowest compile
 instead of the sum. The calls then find every binary in the JIT cache.

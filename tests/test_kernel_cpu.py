@@ -245,7 +245,7 @@ def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, s
     def scan_blocks():  # checks the numbers too: a block larger than the chunk must still be right
         seen.clear()
         check_against_reference(layer, inputs, seed=ssd_seed)
-        return seen[3]["BLOCK_M"]
+        return seen[-1]["BLOCK_M"]  # chunk_scan launches last
 
     default = scan_blocks()
     with configs.overridden("chunk_scan", configs.LaunchConfig({"BLOCK_M": 32}, num_warps=2, num_stages=1)):
@@ -320,7 +320,7 @@ def test_the_decay_is_factored_only_where_dt_cannot_be_negative(dt_limit, factor
     with configs.overridden("chunk_scan", configs.LaunchConfig({**scan.blocks, "BLOCK_M": 16, "BLOCK_K": 16},
                                                                scan.num_warps, scan.num_stages)):
         check_against_reference(layer, inputs, seed=ssd_seed)
-        assert seen[3]["FACTORED_DECAY"] is factored and seen[3]["BLOCK_M"] == 16
+        assert seen[-1]["FACTORED_DECAY"] is factored and seen[-1]["BLOCK_M"] == 16
         if dt_limit == (0.0, math.inf):  # the same dt' per tile: equal to the bf16x3 products' ~16 bits
             out, _ = run_kernel(layer, inputs)
             per_tile = poisoned_like(inputs.x)
@@ -328,3 +328,27 @@ def test_the_decay_is_factored_only_where_dt_cannot_be_negative(dt_limit, factor
             assert seen[-1]["FACTORED_DECAY"] is False
             assert not torch.equal(out, per_tile), "the two paths gave bit-equal outputs: one of them did not run"
             torch.testing.assert_close(out, per_tile, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed={ssd_seed}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("fuse", [True, False], ids=["bmm_in_chunk_state", "bmm_alone"])
+def test_bmm_tiles_in_chunk_states_grid_or_alone_give_the_same_numbers(fuse, dtype, mixer2_layer, ssd_inputs, ssd_seed,
+                                                                     monkeypatch) -> None:
+    """``FUSE_BMM`` puts bmm's C.B^T tiles in grid rows after chunk_state's heads. Here 3 groups
+    of 4 bmm tiles each (8 x 8 of a 16-token chunk) in rows of 8 chunk_state tiles (8 x 4): two
+    rows, the last 4 programs idle. Both plans match the float64 reference, in 3 launches or 4."""
+    from pytest_ssd.kernels import configs
+
+    print(f"seed={ssd_seed} fuse={fuse}")
+    layer = mixer2_layer(**dict(SMALL, nheads=6, n_groups=3, dtype=dtype), device="cpu")
+    inputs = ssd_inputs(layer, [40, 1, 17], with_initial_states=True, device="cpu")
+    seen = _launched_constexprs(monkeypatch)
+    base = configs.default_configs(configs.LayerDims(6, 3, 16, 16, 16, dtype))["chunk_state"]
+    state = configs.LaunchConfig({**base.blocks, "BLOCK_M": 8, "BLOCK_N": 4, "FUSE_BMM": fuse}, base.num_warps,
+                                 base.num_stages)
+    bmm = configs.LaunchConfig({"BLOCK_M": 8, "BLOCK_N": 8, "BLOCK_K": 8}, 2, 1)
+    with configs.overridden("chunk_state", state), configs.overridden("bmm_chunk", bmm):
+        check_against_reference(layer, inputs, seed=ssd_seed)
+        plans = next(iter(combined._PLANS.values()))
+    assert len(seen) == (3 if fuse else 4) and seen[0]["FUSE_BMM"] is fuse and seen[0]["BMM_BLOCK_M"] == 8
+    assert plans.chunk_state.tiles == 8 and plans.bmm_rows == (2 if fuse else 0)

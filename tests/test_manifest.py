@@ -286,4 +286,4 @@ def test_the_committed_manifest_covers_the_suites_layers():
     assert configs == [dict(sorted({**COVERAGE_LAYER, "dtype": d, "state_dtype": "float32"}.items()))
                        for d in ("bfloat16", "float16", "float32")]
     assert all(b["target"] == "cuda:90" for e in data["layers"] for b in e["binaries"])
-    assert [e["counts"]["binaries"] for e in data["layers"]] == [6, 6, 6]
+    assert [e["counts"]["binaries"] for e in data["layers"]] == [5, 5, 6]  # bf16, fp16: bmm inside chunk_state

@@ -117,7 +117,7 @@ def test_threaded_warmup_compiles_exactly_what_a_sequential_one_compiles(fresh_w
     threads, sequential = fresh_warmups["threads"], fresh_warmups["sequential"]
     assert threads["calls"] == sequential["calls"] == 3
     identities = _identities(threads["warmup"])
-    assert len(identities) == 6, "chunk state, bmm, state passing x2, chunk scan x2"
+    assert len(identities) == 5, "chunk state (bmm's tiles in it: a 16-bit model), state passing x2, chunk scan x2"
     assert identities == _identities(sequential["warmup"]), "the same binaries, each compiled once"
     for result in (threads, sequential):
         assert {e["source"] for e in result["warmup"]["events"]} == {"compiled"}, "a fresh cache: real compiles"
@@ -130,7 +130,7 @@ def test_the_warmups_own_calls_compile_nothing_after_the_threads(fresh_warmups) 
     (phase,) = threads["phases"]
     assert _identities(phase) == _identities(threads["warmup"]), \
         "every compile of the warmup came from the side-by-side phase: its calls then hit the JIT cache"
-    assert len(threads["threads"]) == 6 and all(name.startswith("pytest-ssd-warmup") for name in threads["threads"])
+    assert len(threads["threads"]) == 5 and all(name.startswith("pytest-ssd-warmup") for name in threads["threads"])
     assert [level for level, _ in threads["logged"]] == ["INFO"], threads["logged"]  # no fallback warning
 
 
@@ -144,11 +144,11 @@ def fresh_warm_set(monkeypatch):
     monkeypatch.setattr(warmup_module, "_WARMED", set())
 
 
-def _unique_layer(ssm_state_size: int):
+def _unique_layer(ssm_state_size: int, dtype: torch.dtype = torch.float16):
     """A small layer whose state size no other test uses (every stage's binary depends on it):
     its warmup is what compiles its binaries."""
     return make_mixer2_layer(nheads=4, head_dim=16, ssm_state_size=ssm_state_size, chunk_size=16,
-                             dtype=torch.float16, state_dtype=torch.float32, seed=LAYER_SEED, device="cpu")
+                             dtype=dtype, state_dtype=torch.float32, seed=LAYER_SEED, device="cpu")
 
 
 def _assert_requests_compile_nothing(layer, seed: int, device: str = "cpu") -> None:
@@ -194,7 +194,7 @@ def test_a_failure_side_by_side_falls_back_and_still_warms(ssm_state_size, plant
     warnings_logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings_logged) == 1 and "(planted)" in warnings_logged[0], warnings_logged
     assert "one call at a time" in warnings_logged[0]
-    assert len(warm.compiles) == len(warm.binaries()) == 6, "each binary compiled once, threads or calls"
+    assert len(warm.compiles) == len(warm.binaries()) == 5, "each binary compiled once, threads or calls"
 
 
 def test_a_real_error_still_surfaces_from_the_calls(fresh_warm_set, monkeypatch) -> None:
@@ -219,8 +219,11 @@ def _stage_kernels():
     return CHUNK_STATE, BMM_CHUNK, STATE_PASSING, CHUNK_SCAN
 
 
-def test_collected_launches_compile_nothing_and_name_the_real_launches() -> None:
-    layer = _unique_layer(144)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_collected_launches_compile_nothing_and_name_the_real_launches(dtype) -> None:
+    """Four stages, three launches for a 16-bit model: bmm's tiles run in chunk_state's grid
+    (``FUSE_BMM``); a float32 model launches bmm on its own (fused, its chunk_state was slower)."""
+    layer = _unique_layer(144, dtype)
     inputs = make_ssd_inputs(layer, [layer.chunk_size + 3, 1], seed=REQUEST_SEED, with_initial_states=True)
     with compile_only("cuda:90"), record_triton() as rec:
         with collect_launches() as launches:
@@ -229,8 +232,12 @@ def test_collected_launches_compile_nothing_and_name_the_real_launches() -> None
                 with collect_launches():
                     pass
     assert rec.events == [], "collected launches are not launched, so nothing compiles"
-    assert [launch.kernel for launch in launches] == [pair.compiled for pair in _stage_kernels()]
-    assert launches[3].constexprs["HAS_INITSTATES"] is True and launches[3].args[0] is inputs.x
+    stages = [pair.compiled for pair in _stage_kernels()]
+    fused = dtype != torch.float32
+    assert [launch.kernel for launch in launches] == (stages[:1] + stages[2:] if fused else stages)
+    assert launches[0].constexprs["FUSE_BMM"] is fused and launches[0].grid[2] > layer.local_heads if fused \
+        else launches[0].grid[2] == layer.local_heads
+    assert launches[-1].constexprs["HAS_INITSTATES"] is True and launches[-1].args[0] is inputs.x
     with collect_launches() as again:  # the block closed: a new one may begin
         pass
     assert again == []

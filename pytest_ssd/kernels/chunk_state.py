@@ -19,6 +19,10 @@ it, writes the same bits, and reads them back for its own k-blocks.
 The scale ``exp(dA_last - dA_cumsum) * dt'`` goes on whichever tile is smaller: x's (BLOCK_M x
 BLOCK_K) when ``SCALE_X`` (head_dim <= dstate, as in Mamba2), else B's (the same product).
 
+``FUSE_BMM``: the grid has programs past the last head that make the chunk's ``C @ B^T`` tiles
+(:func:`pytest_ssd.kernels.bmm.bmm_tile`, tiles of ``BMM_BLOCK_*``), so stage 2 needs no launch of
+its own; they come last in the grid and fill the tail of the heads' programs.
+
 Precision: the scaled operand is float32; for 16-bit models it enters the tensor cores as a hi/lo
 pair of 16-bit values (``SPLIT_F32``, :func:`pytest_ssd.kernels.narrow.split_dot`), so the
 product keeps float32 accuracy where one rounding of the scaled operand to bf16 costs up to ~0.3
@@ -29,28 +33,38 @@ from __future__ import annotations
 import triton.language as tl
 
 from ..triton_compat import kernel_pair
+from .bmm import bmm_tile
 from .narrow import split_dot
 
 
 def _chunk_state_kernel(
     x_ptr, B_ptr, dt_ptr, A_ptr, dt_bias_ptr, cu_chunk_seqlens_ptr, dt_out_ptr, dA_cumsum_ptr, states_ptr,
-    dt_min, dt_max,
+    C_ptr, CB_ptr, dt_min, dt_max,
     H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, CHUNK_SIZE: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DT_LIMIT: tl.constexpr, SCALE_X: tl.constexpr,
     SPLIT_F32: tl.constexpr, SPLIT_MODEL: tl.constexpr, INTERPRETED: tl.constexpr, PACK_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
     NARROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    FUSE_BMM: tl.constexpr, BMM_BLOCK_M: tl.constexpr, BMM_BLOCK_N: tl.constexpr, BMM_BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     h = tl.program_id(2)
     num_n = (N + BLOCK_N - 1) // BLOCK_N
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    g = h // (H // G)
     start = tl.load(cu_chunk_seqlens_ptr + chunk)
     length = tl.load(cu_chunk_seqlens_ptr + chunk + 1) - start
     start = start.to(tl.int64)
+    if FUSE_BMM:
+        if h >= H:  # the programs after the heads' make this chunk's C.B^T tiles (stage 2)
+            bmm_tiles = (CHUNK_SIZE // BMM_BLOCK_M) * (CHUNK_SIZE // BMM_BLOCK_N)
+            t = (h - H) * ((P + BLOCK_M - 1) // BLOCK_M * num_n) + pid
+            if t < G * bmm_tiles:
+                bmm_tile(C_ptr, B_ptr, CB_ptr, t % bmm_tiles, chunk, t // bmm_tiles, start, length, G, N, CHUNK_SIZE,
+                         BMM_BLOCK_M, BMM_BLOCK_N, BMM_BLOCK_K, DOT_PRECISION, SPLIT_MODEL, NARROW, DOT_DTYPE)
+            return
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    g = h // (H // G)
     base_l = (chunk.to(tl.int64) * H + h) * CHUNK_SIZE
 
     # dt' and its decay exponents over the whole chunk, for this head.

@@ -135,9 +135,10 @@ def mamba_chunk_scan_combined_varlen(
         chunk_state, bmm, state_passing, chunk_scan = plans[:4]
         collected = _COLLECTING.get(threading.get_ident()) if _COLLECTING and not interpret else None
         launch = _launch if collected is None else functools.partial(_collect, collected)
-        launch(chunk_state, (chunk_state.tiles, nchunks, H),
-               (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, lo, hi), device_index, stream)
-        launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index, stream)
+        launch(chunk_state, (chunk_state.tiles, nchunks, H + plans.bmm_rows),
+               (x, B, dt, A, dt_bias, cu_chunks, dt_out, dA_cumsum, chunk_states, C, CB, lo, hi), device_index, stream)
+        if not plans.bmm_rows:  # C.B^T on a launch of its own (chunk_state's grid has no rows for it)
+            launch(bmm, (bmm.tiles, nchunks, G), (C, B, cu_chunks, CB), device_index, stream)
         final_states = torch.empty((S, H, P, N), dtype=torch.float32, device=device)
         launch(state_passing, (state_passing.tiles, H, S),
                (chunk_states, dA_cumsum, initial_states, last32, final_states), device_index, stream)
@@ -199,6 +200,7 @@ class _Plans(NamedTuple):
     state_passing: _StagePlan
     chunk_scan: _StagePlan
     workspace: _Workspace
+    bmm_rows: int  # grid rows chunk_state adds past its heads for bmm's tiles (FUSE_BMM); 0: bmm launches alone
 
 
 _PLANS: dict = {}  # the entry point's flat key (_stage_plans' arguments, in order) -> _Plans
@@ -246,10 +248,15 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
         return _StagePlan(kernel.pick(interpret), dict(constexprs, **c.launch_kwargs(interpret, cuda=not amd)),
                           tiles(c.blocks))
 
-    state_blocks = cfg["chunk_state"].blocks
+    state_blocks, bmm_blocks = cfg["chunk_state"].blocks, cfg["bmm_chunk"].blocks
+    state_tiles = triton.cdiv(P, state_blocks["BLOCK_M"]) * triton.cdiv(N, state_blocks["BLOCK_N"])
+    bmm_tiles = (L // bmm_blocks["BLOCK_M"]) * (L // bmm_blocks["BLOCK_N"])
+    # bmm's tiles run in chunk_state's launch, in rows past its heads (chunk_state.py's FUSE_BMM)
+    fuse_bmm = state_blocks["FUSE_BMM"]
     return _Plans(
         # SCALE_X: the decay scale on the smaller of chunk_state's two tiles (x's when BLOCK_M <= BLOCK_N)
-        stage("chunk_state", CHUNK_STATE, lambda b: triton.cdiv(P, b["BLOCK_M"]) * triton.cdiv(N, b["BLOCK_N"]),
+        stage("chunk_state", CHUNK_STATE, lambda b: state_tiles,
+              FUSE_BMM=fuse_bmm, **{f"BMM_{k}": v for k, v in bmm_blocks.items()},
               SCALE_X=state_blocks["BLOCK_M"] <= state_blocks["BLOCK_N"],
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
               HAS_DT_LIMIT=has_dt_limit, **dict(common, PACK_BF16=pack_bf16 and not dots.split_model)),
@@ -262,6 +269,7 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
               HAS_Z=has_z, FACTORED_DECAY=dt_nonneg, **common),
         # dt', dA cumsum, C.B^T, chunk states
         _Workspace.of((H, L), (H, L), (G, L, L), (H, P, N)),
+        triton.cdiv(G * bmm_tiles, state_tiles) if fuse_bmm else 0,
     )
 
 

@@ -96,7 +96,8 @@ def default_configs(dims: LayerDims) -> dict:
     fp32 = dims.dtype == torch.float32
     return {
         "chunk_state": LaunchConfig({"BLOCK_M": min(64, P), "BLOCK_N": min(128, N),
-                                     "BLOCK_K": min(16 if fp32 else 32, L)}, num_warps=4, num_stages=3),
+                                     "BLOCK_K": min(16 if fp32 else 32, L), "FUSE_BMM": not fp32}, num_warps=4,
+                                    num_stages=3),
         "bmm_chunk": LaunchConfig({"BLOCK_M": min(64, L), "BLOCK_N": min(64, L), "BLOCK_K": min(64, N)},
                                   num_warps=4, num_stages=2),
         "state_passing": LaunchConfig({"BLOCK": min(1024, _pow2(dims.head_dim * dims.dstate))}, num_warps=4,
