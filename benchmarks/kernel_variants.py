@@ -35,7 +35,8 @@ def variants(dims) -> dict:
 
     This round (docs/kernel.md, "Per kernel"): bmm's tiles in extra programs of chunk_state's
     launch (``FUSE_BMM``, the default for 16-bit models) against a launch of their own (the
-    default for float32). Earlier rounds: state passing's loads one chunk ahead and its block size
+    default for float32), and follow-ups that moved nothing beyond the noise (bmm's BLOCK_K 32, state
+passing at 2 or 8 warps: ..._fused_bmm_followups.json). Earlier rounds: state passing's loads one chunk ahead and its block size
     (results/h200_kernel_variants_fused_bmm_prefetch.json: not kept), bf16 pieces rounded two
     per instruction (results/h200_kernel_variants_packed_bf16.json), chunk_scan's factored decay and
     a TF32 state term (..._factored_decay.json), chunk_state's ``SCALE_X`` and tiles
@@ -46,13 +47,16 @@ def variants(dims) -> dict:
 
     base = configs.default_configs(dims)
 
-    def changed(stage, **blocks):
+    def changed(stage, num_warps=None, **blocks):
         c = base[stage]
-        return {stage: LaunchConfig({**c.blocks, **blocks}, c.num_warps, c.num_stages, c.maxnreg)}
+        return {stage: LaunchConfig({**c.blocks, **blocks}, num_warps or c.num_warps, c.num_stages, c.maxnreg)}
 
     fused = base["chunk_state"].blocks["FUSE_BMM"]
     return {"default": {}, f"bmm {'on its own launch' if fused else 'in chunk_state'}":
-            changed("chunk_state", FUSE_BMM=not fused)}
+            changed("chunk_state", FUSE_BMM=not fused),
+            "bmm BLOCK_K 32": changed("bmm_chunk", BLOCK_K=32),
+            "state passing 8 warps": changed("state_passing", num_warps=8),
+            "state passing 2 warps": changed("state_passing", num_warps=2)}
 
 
 def _share_used(got, ref, tol) -> float:

@@ -335,20 +335,22 @@ def test_the_decay_is_factored_only_where_dt_cannot_be_negative(dt_limit, factor
 def test_bmm_tiles_in_chunk_states_grid_or_alone_give_the_same_numbers(fuse, dtype, mixer2_layer, ssd_inputs, ssd_seed,
                                                                      monkeypatch) -> None:
     """``FUSE_BMM`` puts bmm's C.B^T tiles in grid rows after chunk_state's heads. Here 3 groups
-    of 4 bmm tiles each (8 x 8 of a 16-token chunk) in rows of 8 chunk_state tiles (8 x 4): two
-    rows, the last 4 programs idle. Both plans match the float64 reference, in 3 launches or 4."""
+    of 4 bmm tiles each (16 x 16 of a 32-token chunk) in rows of 8 chunk_state tiles (16 x 16 of
+    head_dim 32 x dstate 64): two rows, the last 4 programs idle (tiles of 16: Triton 3.2's
+    interpreter takes no smaller dot). Both plans match the float64 reference, in 3 launches or 4."""
     from pytest_ssd.kernels import configs
 
     print(f"seed={ssd_seed} fuse={fuse}")
-    layer = mixer2_layer(**dict(SMALL, nheads=6, n_groups=3, dtype=dtype), device="cpu")
-    inputs = ssd_inputs(layer, [40, 1, 17], with_initial_states=True, device="cpu")
+    layer = mixer2_layer(**dict(SMALL, nheads=6, n_groups=3, head_dim=32, ssm_state_size=64, chunk_size=32,
+                                dtype=dtype), device="cpu")
+    inputs = ssd_inputs(layer, [70, 1, 33], with_initial_states=True, device="cpu")
     seen = _launched_constexprs(monkeypatch)
-    base = configs.default_configs(configs.LayerDims(6, 3, 16, 16, 16, dtype))["chunk_state"]
-    state = configs.LaunchConfig({**base.blocks, "BLOCK_M": 8, "BLOCK_N": 4, "FUSE_BMM": fuse}, base.num_warps,
-                                 base.num_stages)
-    bmm = configs.LaunchConfig({"BLOCK_M": 8, "BLOCK_N": 8, "BLOCK_K": 8}, 2, 1)
+    base = configs.default_configs(configs.LayerDims(6, 3, 32, 64, 32, dtype))["chunk_state"]
+    state = configs.LaunchConfig({**base.blocks, "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "FUSE_BMM": fuse},
+                                 base.num_warps, base.num_stages)
+    bmm = configs.LaunchConfig({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, 2, 1)
     with configs.overridden("chunk_state", state), configs.overridden("bmm_chunk", bmm):
         check_against_reference(layer, inputs, seed=ssd_seed)
         plans = next(iter(combined._PLANS.values()))
-    assert len(seen) == (3 if fuse else 4) and seen[0]["FUSE_BMM"] is fuse and seen[0]["BMM_BLOCK_M"] == 8
+    assert len(seen) == (3 if fuse else 4) and seen[0]["FUSE_BMM"] is fuse and seen[0]["BMM_BLOCK_M"] == 16
     assert plans.chunk_state.tiles == 8 and plans.bmm_rows == (2 if fuse else 0)
