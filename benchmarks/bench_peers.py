@@ -216,7 +216,7 @@ def main() -> None:
             of = f" (median of {len(row['repeats'])})" if "repeats" in row else ""
             print(f"{name:8} {short}: warmup {row['warmup_s']:6.1f}s {row['warmup_binaries']:3d} binaries | first "
                   f"{row['first_ms']:8.2f} ms ({row['first_ms'] / row['steady_ms']:.2f}x steady, "
-                  f"{row['first_events']} events; a warm lone call {row.get('single_ms', float('nan')):.2f} ms) | "
+                  f"{row['first_events']} events; a warm lone call {row['single_ms']:.2f} ms) | "
                   f"steady {row['steady_ms']:.3f} ms{of}", flush=True)
     report = harness.write_result(args.result, {"layer": LAYER, "request": REQUEST, "rows": rows})
     guard_ok = _guard(report, baseline, args, {DTYPES[s] for s in shorts}) if baseline is not None else True

@@ -35,9 +35,10 @@ def variants(dims) -> dict:
 
     This round (docs/kernel.md, "Per kernel"): bmm's tiles in extra programs of chunk_state's
     launch (``FUSE_BMM``, the default for 16-bit models) against a launch of their own (the
-    default for float32), and follow-ups that moved nothing beyond the noise (bmm's BLOCK_K 32, state
-passing at 2 or 8 warps: ..._fused_bmm_followups.json). Earlier rounds: state passing's loads one chunk ahead and its block size
-    (results/h200_kernel_variants_fused_bmm_prefetch.json: not kept), bf16 pieces rounded two
+    default for float32), and follow-ups that moved nothing beyond the noise (bmm's BLOCK_K 32,
+    state passing at 2 or 8 warps: ..._fused_bmm_followups.json). Earlier rounds: state passing's
+    loads one chunk ahead and its block size (results/h200_kernel_variants_fused_bmm_prefetch.json:
+    not kept), bf16 pieces rounded two
     per instruction (results/h200_kernel_variants_packed_bf16.json), chunk_scan's factored decay and
     a TF32 state term (..._factored_decay.json), chunk_state's ``SCALE_X`` and tiles
     (..._chunk_state_scale.json), chunk_scan's pipelining and token tile (..._scan_pipelining.json).

@@ -249,19 +249,21 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
                           tiles(c.blocks))
 
     state_blocks, bmm_blocks = cfg["chunk_state"].blocks, cfg["bmm_chunk"].blocks
-    state_tiles = triton.cdiv(P, state_blocks["BLOCK_M"]) * triton.cdiv(N, state_blocks["BLOCK_N"])
-    bmm_tiles = (L // bmm_blocks["BLOCK_M"]) * (L // bmm_blocks["BLOCK_N"])
-    # bmm's tiles run in chunk_state's launch, in rows past its heads (chunk_state.py's FUSE_BMM)
+    # bmm's tiles run in chunk_state's launch, in rows past its heads (chunk_state.py's FUSE_BMM);
+    # unfused, its BMM_* constexprs are None, so bmm's config does not reach chunk_state's binary
     fuse_bmm = state_blocks["FUSE_BMM"]
-    return _Plans(
+    chunk_state = stage(
         # SCALE_X: the decay scale on the smaller of chunk_state's two tiles (x's when BLOCK_M <= BLOCK_N)
-        stage("chunk_state", CHUNK_STATE, lambda b: state_tiles,
-              FUSE_BMM=fuse_bmm, **{f"BMM_{k}": v for k, v in bmm_blocks.items()},
-              SCALE_X=state_blocks["BLOCK_M"] <= state_blocks["BLOCK_N"],
-              H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
-              HAS_DT_LIMIT=has_dt_limit, **dict(common, PACK_BF16=pack_bf16 and not dots.split_model)),
-        stage("bmm_chunk", BMM_CHUNK, lambda b: (L // b["BLOCK_M"]) * (L // b["BLOCK_N"]),
-              G=G, N=N, CHUNK_SIZE=L, SPLIT_MODEL=dots.split_model, **precision),
+        "chunk_state", CHUNK_STATE, lambda b: triton.cdiv(P, b["BLOCK_M"]) * triton.cdiv(N, b["BLOCK_N"]),
+        FUSE_BMM=fuse_bmm, **{f"BMM_{k}": v if fuse_bmm else None for k, v in bmm_blocks.items()},
+        SCALE_X=state_blocks["BLOCK_M"] <= state_blocks["BLOCK_N"],
+        H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_DT_BIAS=has_dt_bias, DT_SOFTPLUS=dt_softplus,
+        HAS_DT_LIMIT=has_dt_limit, **dict(common, PACK_BF16=pack_bf16 and not dots.split_model))
+    bmm = stage("bmm_chunk", BMM_CHUNK, lambda b: (L // b["BLOCK_M"]) * (L // b["BLOCK_N"]),
+                G=G, N=N, CHUNK_SIZE=L, SPLIT_MODEL=dots.split_model, **precision)
+    return _Plans(
+        chunk_state,
+        bmm,
         stage("state_passing", STATE_PASSING, lambda b: triton.cdiv(P * N, b["BLOCK"]),
               H=H, DIM=P * N, CHUNK_SIZE=L, HAS_INITSTATES=has_init),
         stage("chunk_scan", CHUNK_SCAN, lambda b: triton.cdiv(L, b["BLOCK_M"]) * triton.cdiv(P, b["BLOCK_N"]),
@@ -269,7 +271,7 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
               HAS_Z=has_z, FACTORED_DECAY=dt_nonneg, **common),
         # dt', dA cumsum, C.B^T, chunk states
         _Workspace.of((H, L), (H, L), (G, L, L), (H, P, N)),
-        triton.cdiv(G * bmm_tiles, state_tiles) if fuse_bmm else 0,
+        triton.cdiv(G * bmm.tiles, chunk_state.tiles) if fuse_bmm else 0,
     )
 
 
