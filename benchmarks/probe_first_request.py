@@ -3,16 +3,22 @@
 Each child process warms the bundled kernel for the anchors' layer, then times single calls
 (synchronize, call, synchronize: what a request arriving alone sees) after the GPU sat idle for
 0 to 250 ms, with a new batch's metadata per call (built by ``chunk_metadata``, and as foreign
-tensors the kernel must read back once). Per call it splits
-the wall time into host time before the first launch, the launches, the device span (CUDA
-events around the four kernels) and the tail; a plain bf16 matrix product of about the same
+tensors the kernel must read back once). Per call it splits the wall time into host time
+before the first launch, the launches, the device span (CUDA events around the launches: 3 for
+a 16-bit model, 4 for float32) and the tail; a plain bf16 matrix product of about the same
 device time is timed the same way, so what is the device waking up and what is ours can be
 told apart. The children share one Triton cache dir (the first compiles, the others load).
 
     python benchmarks/probe_first_request.py [RESULT.json] [--children N]
     python benchmarks/probe_first_request.py --host [RESULT.json]  # host cost of each step, and of a launch
     python benchmarks/probe_first_request.py --profile              # cProfile of the first call vs warm ones
+    python benchmarks/probe_first_request.py --steps bfloat16,float16 [RESULT.json] [--children N]
 
+``--steps``: bench_peers' own first request (inputs drawn before the warmup, ``warm_bundled``
+under a recording, the call under a new one, its arguments built before the clock), then 10
+warm lone calls, in ``--children`` fresh processes per dtype with their own cache dirs; each
+call split by host clocks into: to the entry's checks, to the first launch, the first launch,
+the other launches, the return, and the synchronize (the device work still queued).
 ``--host`` and ``--profile`` run in this process. ``--profile`` prints, for the first request
 after the warmup and the two after it (each after 0.25 s of idle), the 14 functions with the most
 host time of their own under cProfile: what differs is the first call's host-side extra.
@@ -111,7 +117,7 @@ def child() -> dict:
         t_launched = time.perf_counter()
         torch.cuda.synchronize()
         t1 = time.perf_counter()
-        ev = log["events"]
+        ev = log["events"][:len(log["launch_host"]) + 1]  # before the first launch, then after each (3 or 4)
         return {"wall": (t1 - t0) * 1e3, "before_launch": (log["t_first_launch"] - t0) * 1e3,
                 "launches_host": sum(log["launch_host"]) * 1e3, "after_launch_host": (t1 - t_launched) * 1e3,
                 "device_span": ev[0].elapsed_time(ev[-1]), "metadata_read_back": float(log["checked"]),
@@ -222,7 +228,7 @@ def host_pieces() -> dict:
         "launch plans (key + cache)": lambda: combined._PLANS.get(key),
         "device guard": guard,
         "metadata: its sealed copy (lookup)": lambda: chunking.SEALED.lookup(meta, 256, T),
-        "workspace (1 alloc, 4 views)": lambda: plans.workspace.carve(nchunks, device),
+        "workspace (1 alloc, 1 split)": lambda: plans.workspace.carve(nchunks, device),
         "stream lookup (with the launch-hook check)": lambda: combined._LAUNCHER.stream(device.index),
     }
     result = {"steps_us": {}, "launch_us": {}}
@@ -259,6 +265,66 @@ def host_pieces() -> dict:
     torch.cuda.synchronize()
     result["whole_call_host_us_median"] = round(statistics.median(host), 2)
     return result
+
+
+def _stamp_steps(combined, log: list) -> None:
+    """Host clocks at the entry's checks and around each launch, appended to ``log``."""
+    launch, fast = combined._launch, combined.fast_sizes
+
+    def fast_sizes(*args, **kwargs):
+        log.append(("entry", time.perf_counter()))
+        return fast(*args, **kwargs)
+
+    def timed_launch(*args):
+        log.append(("launch_start", time.perf_counter()))
+        launch(*args)
+        log.append(("launch_end", time.perf_counter()))
+
+    combined.fast_sizes, combined._launch = fast_sizes, timed_launch
+
+
+def _steps_us(log: list, t0: float, t_return: float, t_synced: float) -> dict:
+    starts = [t for what, t in log if what == "launch_start"]
+    ends = [t for what, t in log if what == "launch_end"]
+    entry = next(t for what, t in log if what == "entry")
+    span = [t0, entry, starts[0], ends[0], ends[-1], t_return, t_synced]
+    names = ("to_entry", "entry_to_launch1", "launch1", "other_launches", "to_return", "synchronize")
+    return {**{name: round((b - a) * 1e6, 1) for name, a, b in zip(names, span, span[1:])},
+            "wall": round((t_synced - t0) * 1e6, 1)}
+
+
+def steps_child(dtype: str) -> dict:
+    """``--steps``: one process's first request and warm lone calls, in bench_peers' flow."""
+    import torch
+
+    from pytest_ssd.adapters import poisoned_like
+    from pytest_ssd.events import record_triton
+    from pytest_ssd.kernels import combined
+    from pytest_ssd.layer import make_mixer2_layer, make_ssd_inputs
+    from workload import warm_bundled
+
+    layer = make_mixer2_layer(**LAYER, dtype=getattr(torch, dtype), state_dtype=torch.float32, seed=0, device="cuda")
+    sets = [make_ssd_inputs(layer, REQUEST, seed=1 + i) for i in range(4)]
+    calls = [(s.kernel_kwargs(layer), poisoned_like(s.x)) for s in sets]
+    log: list = []
+
+    def timed(i: int) -> dict:
+        kwargs, out = calls[i % len(calls)]
+        log.clear()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        combined.mamba_chunk_scan_combined_varlen(out=out, **kwargs)
+        t_return = time.perf_counter()
+        torch.cuda.synchronize()
+        return _steps_us(log, t0, t_return, time.perf_counter())
+
+    with record_triton():
+        warm_bundled(layer)
+        torch.cuda.synchronize()
+    _stamp_steps(combined, log)
+    with record_triton():
+        first = timed(0)
+    return {"dtype": dtype, "first": first, "lone": _medians([timed(i) for i in range(1, 11)])}
 
 
 def _medians(rows: list) -> dict:
@@ -300,18 +366,25 @@ def main() -> int:
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--host", action="store_true", help="host time per step of a warm call, in this process")
     modes.add_argument("--profile", action="store_true", help="cProfile the first request and two warm ones")
+    modes.add_argument("--steps", metavar="DTYPES", help="bench_peers' first request, step by step (comma-separated dtypes)")
     modes.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    modes.add_argument("--steps-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.children < 1:
         parser.error(f"--children: expected a positive count, got {args.children}")
     if args.child:
         harness.send_to_parent(child())
         return 0
+    if args.steps_child:
+        harness.send_to_parent(steps_child(args.steps_child))
+        return 0
     if harness.skip_without_cuda(args.result, "the probe times calls on a GPU"):
         return 0
     if args.profile:
         profile_first_calls()
         return 0
+    if args.steps:
+        return steps(args)
     if args.host:
         pieces = host_pieces()
         print(json.dumps(pieces, indent=1))
@@ -329,6 +402,22 @@ def main() -> int:
             runs.append(run)
             _print_run(run)
     harness.write_result(args.result, {"runs": runs})
+    return 0
+
+
+def steps(args: argparse.Namespace) -> int:
+    """``--steps``: ``--children`` fresh processes per dtype (own cache dirs: each compiles)."""
+    runs = []
+    for dtype in args.steps.split(","):
+        for _ in range(args.children):
+            try:
+                run = harness.run_fresh(__file__, ["--steps-child", dtype], timeout=args.timeout)
+            except harness.ChildFailed as failure:
+                print(f"a child failed: {failure.reason}\n{failure.output}")
+                return 1
+            print(f"{dtype}: first {run['first']}\n{' ' * len(dtype)}  lone  {run['lone']}", flush=True)
+            runs.append(run)
+    harness.write_result(args.result, {"unit": "us", "runs": runs})
     return 0
 
 

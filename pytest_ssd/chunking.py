@@ -173,14 +173,21 @@ class SealedStore:
     def _key(tensors: tuple, chunk_size: int, total_tokens: int) -> tuple:
         # The sizes too: ``t.data = other`` swaps a tensor's memory and shape with no version bump,
         # and the kernels' grids and outputs take S and C from the caller's tensors.
-        return (tuple((id(t), _version(t)) for t in tensors)
-                + (chunk_size, total_tokens, tensors[-1].shape[0], tensors[2].shape[0]))
+        # Spelled out, not a generator: a request pays for this key on every call.
+        cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices = tensors
+        return (id(cu_seqlens), _version(cu_seqlens), id(cu_chunk_seqlens), _version(cu_chunk_seqlens),
+                id(seq_idx), _version(seq_idx), id(last_chunk_indices), _version(last_chunk_indices),
+                chunk_size, total_tokens, last_chunk_indices.shape[0], seq_idx.shape[0])
 
     def lookup(self, tensors: tuple, chunk_size: int, total_tokens: int) -> Optional[SealedMetadata]:
         """The sealed copy of ``(cu_seqlens, cu_chunk_seqlens, seq_idx, last_chunk_indices)`` for
         these tensors as they are now (same objects, versions, sizes), or None."""
         entry = self._entries.get(self._key(tensors, chunk_size, total_tokens))
-        if entry is None or not all(ref() is t for ref, t in zip(entry[0], tensors)):
+        if entry is None:
+            return None
+        refs = entry[0]
+        if (refs[0]() is not tensors[0] or refs[1]() is not tensors[1] or refs[2]() is not tensors[2]
+                or refs[3]() is not tensors[3]):
             return None
         return entry[1]
 

@@ -254,20 +254,22 @@ def test_a_config_override_replans_and_then_restores(mixer2_layer, ssd_inputs, s
 
 
 @pytest.mark.parametrize("nchunks", [1, 3, 27])
-def test_workspace_buffers_are_aligned_contiguous_and_disjoint(nchunks) -> None:
-    """The intermediates are views of one allocation: each must look like a fresh contiguous
-    tensor (the kernels take no strides for them), 256 bytes apart from the allocation's start,
-    with no two overlapping.
-    Odd per-chunk sizes (3 heads x 16) exercise the padding."""
+def test_workspace_buffers_are_aligned_and_disjoint_and_shaped_where_returned(nchunks) -> None:
+    """The intermediates are flat views of one allocation (the kernels take only their data
+    pointers): each 256 bytes apart from the allocation's start, long enough for its buffer,
+    with no two overlapping; ``shaped`` gives a buffer back as the contiguous tensor a caller
+    sees (the intermediate states). Odd per-chunk sizes (3 heads x 16) exercise the padding."""
     layout = combined._Workspace.of((3, 16), (3, 16), (1, 16, 16), (3, 5, 7))
     views = layout.carve(nchunks, torch.device("cpu"))
     base = views[0].untyped_storage().data_ptr()  # the CUDA allocator aligns it to 512 bytes, the CPU one to 64
     assert base % 64 == 0
     spans = []
-    for shape, view in zip(layout.shapes, views):
-        assert view.shape == (nchunks, *shape) and view.is_contiguous() and view.dtype == torch.float32
+    for index, (shape, view) in enumerate(zip(layout.shapes, views)):
+        assert view.dim() == 1 and view.numel() >= nchunks * math.prod(shape) and view.dtype == torch.float32
         assert view.untyped_storage().data_ptr() == base and (view.data_ptr() - base) % 256 == 0
         spans.append((view.data_ptr(), view.data_ptr() + view.numel() * 4))
+        shaped = layout.shaped(index, view, nchunks)
+        assert shaped.shape == (nchunks, *shape) and shaped.is_contiguous() and shaped.data_ptr() == view.data_ptr()
     spans.sort()
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
     assert spans[-1][1] <= base + views[0].untyped_storage().nbytes()
