@@ -20,7 +20,10 @@ vLLM's ops where importable, warmed like vLLM (``tests/peers/peer_warmups.py``).
 the bundled kernel (warmup s, binaries and autotune keys, first request ms and its ratio to the
 steady state, events after warmup, steady ms) is compared with the baseline's entry of the same
 dtype and device; the run fails when one rises more than ``--tolerance``, or when the baseline
-is from another device (unless ``--baseline-any-device``) or has an entry this run lacks.
+is from another device (unless ``--baseline-any-device``) or has an entry this run lacks. The
+host-bound figures (warmup, first request, its ratio) are judged against the peer's same-run
+figures too: a rise the peer shares is the lease's host, reported and not failed
+(``--absolute`` judges them alone; benchmarks/README.md, "Regression guard").
 Without CUDA it prints why and writes ``{"skipped": ...}`` (and fails when a baseline was given).
 
 ``--repeat N``: the bundled kernel runs in N fresh processes per dtype, and its row holds the
@@ -45,6 +48,8 @@ DEFAULT_KERNELS = (
 )
 GUARDED = "bundled"  # the kernel --baseline holds to its figures; a peer's are its own business
 GUARDED_FIGURES = ("warmup_s", "warmup_binaries", "warmup_autotune_keys", "first_ms", "first_events", "steady_ms")
+# Figures the lease's host moves (compile time; host time before the first launch): judged against the peer's
+HOST_BOUND = ("warmup_s", "first_ms", "first_ratio")
 
 
 def _child(kernel: str, warmup: str, dtype: str) -> dict:
@@ -139,11 +144,33 @@ def plot(saved: dict, path: str) -> None:
 
 def guard_rows(report: dict) -> list:
     """The regression guard's rows (``regression_guard``): the bundled kernel's measured rows, with
-    the first request over the steady state as a figure of its own (the target's ratio)."""
-    return [{"name": r["name"], "dtype": r["dtype"], "device": r["gpu"], **{k: r[k] for k in GUARDED_FIGURES},
-             "first_ratio": r.get("first_ratio", round(r["first_ms"] / r["steady_ms"], 3))}
-            for r in regression_guard.measured(report, "rows", "bench_peers.py")
-            if r["name"] == GUARDED and "failed" not in r]
+    the first request over the steady state as a figure of its own (the target's ratio).
+
+    Each row takes the first peer of its dtype as the reference of its host-bound figures
+    (``HOST_BOUND``): a lease whose host compiles and launches slower moves the peer's alike,
+    and the guard judges those figures against it. The first request's ratio is judged against
+    the peer's first request (its host-bound part), not the peer's ratio, whose steady state
+    moves with the peer's own autotuning picks. First-request references only where the peer's
+    first request was warm (no compile in it)."""
+    rows = [r for r in regression_guard.measured(report, "rows", "bench_peers.py") if "failed" not in r]
+    peers: dict = {}
+    for r in rows:
+        if r["name"] != GUARDED:
+            peers.setdefault(r["dtype"], r)
+    guarded = []
+    for r in rows:
+        if r["name"] != GUARDED:
+            continue
+        row = {"name": r["name"], "dtype": r["dtype"], "device": r["gpu"], **{k: r[k] for k in GUARDED_FIGURES},
+               "first_ratio": r.get("first_ratio", round(r["first_ms"] / r["steady_ms"], 3))}
+        peer = peers.get(r["dtype"])
+        if peer is not None:
+            figures = HOST_BOUND if peer["first_events"] == 0 else ("warmup_s",)
+            row.update(reference=peer["name"],
+                       references={f: peer["first_ms" if f == "first_ratio" else f] for f in figures})
+        guarded.append(row)
+    return guarded
+
 
 
 def _guard(report: dict, baseline: list, args: argparse.Namespace, dtypes: set) -> bool:

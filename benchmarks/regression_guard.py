@@ -11,6 +11,12 @@ lower is better (ms, s, counts). Each benchmark turns its own result file into r
 - What the baseline records must be measured now: a baseline entry or figure the run lacks
   (or holds as NaN) fails. An entry or figure the baseline lacks is reported (record a new baseline to guard it).
 - A comparison that compared nothing fails.
+- A figure the host's speed moves (a warmup's compile time, a first request's host path) may
+  carry a *reference*: the same figure of another kernel measured beside it in the same run
+  (bench_peers: the peer's). Such a figure slips only when it also rises more than its tolerance
+  over the reference: ``(now / ref_now) / (baseline / ref_baseline) - 1``. A rise the reference
+  shares is a slower lease, not a regression: reported beside the figure, not failed.
+  ``absolute=True`` (``--absolute``) ignores references.
 
 Pure data: no torch, no GPU (``tests/test_bench_guard.py``).
 """
@@ -35,6 +41,9 @@ class Figure:
     baseline: float
     now: float
     tolerance: float  # the allowed rise, as a fraction of the baseline
+    reference: Optional[str] = None  # the kernel beside it whose same figure the host moves alike
+    ref_baseline: Optional[float] = None
+    ref_now: Optional[float] = None
 
     @property
     def change(self) -> float:
@@ -44,12 +53,37 @@ class Figure:
         return (self.now - self.baseline) / self.baseline
 
     @property
+    def ref_change(self) -> Optional[float]:
+        """The reference's own change, or None without a usable reference."""
+        if not (self.ref_baseline and self.ref_now and self.ref_baseline > 0 and self.ref_now > 0):
+            return None
+        return (self.ref_now - self.ref_baseline) / self.ref_baseline
+
+    @property
+    def relative_change(self) -> Optional[float]:
+        """The change over the reference's, ``(now / ref_now) / (baseline / ref_baseline) - 1``;
+        None without a usable reference (or a baseline of 0)."""
+        if self.ref_change is None or self.baseline <= 0:
+            return None
+        return (self.now / self.ref_now) / (self.baseline / self.ref_baseline) - 1
+
+    @property
     def slipped(self) -> bool:
-        return self.change > self.tolerance
+        relative = self.relative_change
+        return self.change > self.tolerance and (relative is None or relative > self.tolerance)
+
+    @property
+    def moved_with_reference(self) -> bool:
+        """Risen past its tolerance, but no more than the reference: the lease's host, not a slip."""
+        return self.change > self.tolerance and not self.slipped
 
     def describe(self) -> str:
-        return (f"{self.entry} {self.figure} {self.baseline:g} -> {self.now:g} "
+        text = (f"{self.entry} {self.figure} {self.baseline:g} -> {self.now:g} "
                 f"({_percent(self.change)}, tolerance {self.tolerance:.0%})")
+        if self.relative_change is not None:
+            text += (f"; {_percent(self.relative_change)} against {self.reference}'s, which moved "
+                     f"{_percent(self.ref_change)}")
+        return text
 
 
 @dataclass(frozen=True)
@@ -76,11 +110,20 @@ class Comparison:
         if self.figures:
             width = max(len(f.entry) for f in self.figures)
             lines.append(f"{'entry':{width}}  {'figure':20} {'baseline':>10} {'now':>10} {'change':>8}")
+            lines[-1] += f" {'vs peer':>8}"
             for f in self.figures:
                 flag = f"  SLIPPED (> {f.tolerance:.0%})" if f.slipped else ""
+                if f.moved_with_reference:
+                    flag = f"  moved with {f.reference}'s ({_percent(f.ref_change)}): the host, not judged a slip"
+                relative = "" if f.relative_change is None else _percent(f.relative_change)
                 lines.append(f"{f.entry:{width}}  {f.figure:20} {f.baseline:10.4g} {f.now:10.4g} "
-                             f"{_percent(f.change):>8}{flag}")
+                             f"{_percent(f.change):>8} {relative:>8}{flag}")
         lines += list(self.notes) + list(self.failures)
+        moved = [f for f in self.figures if f.moved_with_reference]
+        if moved:
+            lines.append(f"{len(moved)} figure(s) rose past their tolerance with their reference kernel's on this "
+                         f"host (judged against it, within tolerance; --absolute judges them alone):")
+            lines += [f"  {f.describe()}" for f in moved]
         if self.ok:
             lines.append(f"guard passed: {len(self.figures)} figures within tolerance")
         else:
@@ -95,11 +138,13 @@ def _percent(change: float) -> str:
 
 
 def compare(now: Sequence[Mapping], baseline: Sequence[Mapping], *, tolerance: float = DEFAULT_TOLERANCE,
-            tolerances: Optional[Mapping[str, float]] = None, any_device: bool = False) -> Comparison:
+            tolerances: Optional[Mapping[str, float]] = None, any_device: bool = False,
+            absolute: bool = False) -> Comparison:
     """Compare the rows of a run with the baseline's (module docstring: the rules).
 
     ``tolerance``: the allowed rise of every figure, a fraction (0.10 = 10%); ``tolerances``:
-    per figure name, over it. Raises ``ValueError`` for a row without a name, dtype or device, two
+    per figure name, over it. A row's references: ``"reference"`` (a name) and ``"references"``
+    (figure -> that kernel's value in the same run); ``absolute`` ignores them. Raises ``ValueError`` for a row without a name, dtype or device, two
     rows of one entry, or a per-figure tolerance for a figure no row has.
     """
     tolerances = dict(tolerances or {})
@@ -131,8 +176,9 @@ def compare(now: Sequence[Mapping], baseline: Sequence[Mapping], *, tolerance: f
             if name not in _figures(row):
                 failures.append(f"not compared: {label} {name}: in the baseline, not measured now")
                 continue
+            refs = {} if absolute else _references(base, row, name)
             figures.append(Figure(label, name, float(base[name]), float(row[name]),
-                                  tolerances.get(name, tolerance)))
+                                  tolerances.get(name, tolerance), **refs))
         notes += [f"not compared: {label} {name}: not in the baseline" for name in _figures(row)
                   if name not in _figures(base)]
     notes += [f"not compared: {' '.join(key[:2])}: no baseline entry (record a new baseline to guard it)"
@@ -140,6 +186,14 @@ def compare(now: Sequence[Mapping], baseline: Sequence[Mapping], *, tolerance: f
     if not figures and not failures:
         failures.append("not compared: the baseline's entries hold no figures")
     return Comparison(tuple(figures), tuple(failures), tuple(notes))
+
+
+def _references(base: Mapping, row: Mapping, name: str) -> dict:
+    """Figure's reference fields when both rows hold the figure's reference, of one kernel."""
+    ref_base, ref_now = (r.get("references", {}).get(name) for r in (base, row))
+    if ref_base is None or ref_now is None or base.get("reference") != row.get("reference"):
+        return {}
+    return {"reference": row.get("reference"), "ref_baseline": float(ref_base), "ref_now": float(ref_now)}
 
 
 def _figures(row: Mapping) -> List[str]:
@@ -187,6 +241,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="compare with a baseline from another device (its name differs) instead of failing")
     group.add_argument("--check-only", metavar="NOW.json",
                        help="compare a saved result with --baseline, measuring nothing")
+    group.add_argument("--absolute", action="store_true",
+                       help="judge host-bound figures alone, not against the reference kernel measured beside them")
 
 
 def baseline_rows(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -230,7 +286,8 @@ def check(now: Sequence[Mapping], baseline: Sequence[Mapping], args: argparse.Na
     per_figure = {figure: fraction for figure, fraction in args.tolerance if figure is not None}
     try:
         result = compare(now, baseline, tolerance=default[-1] if default else DEFAULT_TOLERANCE,
-                         tolerances=per_figure, any_device=args.baseline_any_device)
+                         tolerances=per_figure, any_device=args.baseline_any_device,
+                         absolute=getattr(args, "absolute", False))
     except ValueError as error:
         raise SystemExit(f"regression guard: {error}") from None
     print(result.report(args.baseline), flush=True)

@@ -114,6 +114,55 @@ def test_nothing_compared_fails():
     assert guard.compare([row()], [bare]).failures == ("not compared: the baseline's entries hold no figures",)
 
 
+# --- host-bound figures, judged against a reference kernel measured beside them ----------------
+
+def referenced(reference="vllm", peer_warmup=50.0, **figures):
+    """A row whose warmup_s has the peer's warmup of the same run as its reference."""
+    return {**row(**figures), "reference": reference, "references": {"warmup_s": peer_warmup}}
+
+
+def test_a_rise_the_reference_shares_is_the_host_and_passes():
+    # +30% for ours, +28% for the peer: 1.3 / 1.28 - 1 = +1.6% against it
+    result = guard.compare([referenced(warmup_s=6.5, peer_warmup=64.0)], [referenced()])
+    assert result.ok, result.report("base")
+    warmup = next(f for f in result.figures if f.figure == "warmup_s")
+    assert warmup.change == pytest.approx(0.3) and warmup.relative_change == pytest.approx(1.3 / 1.28 - 1)
+    assert warmup.moved_with_reference and not warmup.slipped
+    report = result.report("base")
+    assert "moved with vllm's (+28.0%): the host, not judged a slip" in report
+    assert "bundled bfloat16 warmup_s 5 -> 6.5 (+30.0%, tolerance 10%); +1.6% against vllm's, which moved +28.0%" \
+        in report
+
+
+def test_a_rise_beyond_the_references_slips_and_says_both():
+    result = guard.compare([referenced(warmup_s=6.5, peer_warmup=52.0)], [referenced()])  # +30% vs +4%
+    assert [f.figure for f in result.slipped] == ["warmup_s"]
+    assert "slipped: bundled bfloat16 warmup_s 5 -> 6.5 (+30.0%, tolerance 10%); +25.0% against vllm's, which " \
+           "moved +4.0%" in result.report("base")
+
+
+def test_a_figure_within_tolerance_passes_even_when_the_reference_got_faster():
+    # +8% alone, +35% against a peer that sped up: an absolute rise within tolerance never slips
+    result = guard.compare([referenced(warmup_s=5.4, peer_warmup=40.0)], [referenced()])
+    assert result.ok and not any(f.moved_with_reference for f in result.figures)
+
+
+def test_absolute_judges_host_bound_figures_alone():
+    result = guard.compare([referenced(warmup_s=6.5, peer_warmup=64.0)], [referenced()], absolute=True)
+    assert [f.figure for f in result.slipped] == ["warmup_s"] and result.figures[0].relative_change is None
+
+
+@pytest.mark.parametrize("now, base", [
+    (referenced(reference="mamba_ssm", warmup_s=6.5, peer_warmup=64.0), referenced()),  # another reference kernel
+    (row(warmup_s=6.5), referenced()),  # no reference now
+    (referenced(warmup_s=6.5, peer_warmup=64.0), row()),  # none in the baseline
+    (referenced(warmup_s=6.5, peer_warmup=0.0), referenced()),  # not a usable value
+])
+def test_without_the_same_usable_reference_in_both_runs_the_figure_is_judged_alone(now, base):
+    result = guard.compare([now], [base])
+    assert [f.figure for f in result.slipped] == ["warmup_s"]
+
+
 @pytest.mark.parametrize("rows, tolerances, message", [
     ([row(device=None)], None, "lacks ['device']"),
     ([row(), row()], None, "two rows for bundled bfloat16 NVIDIA H200"),
@@ -214,6 +263,21 @@ def test_bench_peers_check_only_guards_the_bundled_kernel_of_the_committed_basel
     assert f"slipped: bundled float16 steady_ms {was:g} -> {round(was * 1.11, 4):g} (+11.0%, tolerance 10%)" \
         in slipped.stdout
     assert "vllm" not in slipped.stdout
+
+
+def test_bench_peers_judges_a_slower_lease_against_the_peer_measured_beside_it():
+    """The committed run on a lease whose host compiled and launched ~35% slower (vLLM's warmups and
+    first requests moved as much as ours): judged against vLLM's, only the float32 warmup rose past
+    10% (+14% over vLLM's); alone, 7 figures slipped."""
+    baseline = BENCHMARKS / "results" / "h200_bench_peers.json"
+    slow = BENCHMARKS / "results" / "h200_bench_peers_slow_host.json"
+    judged = _check_only("bench_peers.py", slow, baseline)
+    assert judged.returncode == 1
+    assert judged.stdout.count("the host, not judged a slip") == 6
+    slipped = [line for line in judged.stdout.splitlines() if line.startswith("  slipped:")]
+    assert len(slipped) == 1 and slipped[0].startswith("  slipped: bundled float32 warmup_s 3.99 -> 6.07"), slipped
+    alone = _check_only("bench_peers.py", slow, baseline, "--absolute")
+    assert alone.returncode == 1 and "guard FAILED: 7 of 21 figures slipped" in alone.stdout
 
 
 def test_bench_peers_check_only_fails_on_another_device_unless_asked(tmp_path):
