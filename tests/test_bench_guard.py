@@ -357,3 +357,50 @@ def test_a_repeat_below_one_is_refused():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_peers.py"), "out.json", "--repeat", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--repeat: expected a number of processes >= 1, got 0" in done.stderr
+
+
+def _peers_report(peer_first_events=0):
+    bundled = {"name": "bundled", **_process_row(0.45, 0.3, 4.5)}
+    peer = {"name": "vllm", **_process_row(1.5, 0.6, 50.0), "first_events": peer_first_events}
+    other = {"name": "mamba", **_process_row(9.0, 0.9, 40.0)}  # a second peer: the first one is the reference
+    return {"rows": [bundled, peer, other, {"name": "bundled", "dtype": "float16", "kernel": "k", "failed": "boom"}]}
+
+
+def test_bench_peers_rows_take_the_first_peer_of_their_dtype_as_the_reference(bench_peers):
+    (row,) = bench_peers.guard_rows(_peers_report())
+    assert row["reference"] == "vllm"
+    # the ratio's reference is the peer's first request (host-bound), not the peer's own ratio
+    assert row["references"] == {"warmup_s": 50.0, "first_ms": 1.5, "first_ratio": 1.5}
+    assert set(bench_peers.HOST_BOUND) == set(row["references"])
+
+
+def test_a_peer_whose_first_request_compiled_is_a_reference_for_the_warmup_only(bench_peers):
+    (row,) = bench_peers.guard_rows(_peers_report(peer_first_events=3))
+    assert row["references"] == {"warmup_s": 50.0}
+
+
+def test_bench_peers_times_the_kernel_with_its_arguments_built_before(bench_peers):
+    """A vLLM-style kernel's keyword arguments are built once, outside the timed call; a
+    mamba_ssm-style kernel goes through the adapter's run."""
+    built, called = [], []
+
+    class Inputs:
+        def kernel_kwargs(self, layer):
+            built.append(layer)
+            return {"x": "x-of-" + layer}
+
+    class Kernel:
+        def __init__(self, api):
+            self.api = api
+            self.fn = lambda **kwargs: called.append(("fn", kwargs))
+            self.run = lambda layer, inputs, out: called.append(("run", layer, out))
+
+    calls = bench_peers._bound_calls(Kernel("vllm"), "layer", [(Inputs(), "out0"), (Inputs(), "out1")])
+    assert built == ["layer", "layer"] and called == []
+    calls[1]()
+    calls[1]()
+    assert built == ["layer", "layer"] and called == [("fn", {"out": "out1", "x": "x-of-layer"})] * 2
+    called.clear()
+    (call,) = bench_peers._bound_calls(Kernel("mamba_ssm"), "layer", [(Inputs(), "out")])
+    call()
+    assert called == [("run", "layer", "out")]
