@@ -172,7 +172,6 @@ def guard_rows(report: dict) -> list:
     return guarded
 
 
-
 def _guard(report: dict, baseline: list, args: argparse.Namespace, dtypes: set) -> bool:
     """Compare ``report`` with the ``baseline``'s rows, of those only the ``dtypes`` measured."""
     left_out = sorted({r["dtype"] for r in baseline} - dtypes)

@@ -366,7 +366,8 @@ def main() -> int:
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--host", action="store_true", help="host time per step of a warm call, in this process")
     modes.add_argument("--profile", action="store_true", help="cProfile the first request and two warm ones")
-    modes.add_argument("--steps", metavar="DTYPES", help="bench_peers' first request, step by step (comma-separated dtypes)")
+    modes.add_argument("--steps", metavar="DTYPES",
+                       help="bench_peers' first request, step by step (comma-separated dtypes)")
     modes.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     modes.add_argument("--steps-child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -55,7 +55,7 @@ class Figure:
     @property
     def ref_change(self) -> Optional[float]:
         """The reference's own change, or None without a usable reference."""
-        if not (self.ref_baseline and self.ref_now and self.ref_baseline > 0 and self.ref_now > 0):
+        if self.ref_baseline is None or self.ref_now is None or self.ref_baseline <= 0 or self.ref_now <= 0:
             return None
         return (self.ref_now - self.ref_baseline) / self.ref_baseline
 
@@ -109,8 +109,7 @@ class Comparison:
                  f"more than its tolerance)"]
         if self.figures:
             width = max(len(f.entry) for f in self.figures)
-            lines.append(f"{'entry':{width}}  {'figure':20} {'baseline':>10} {'now':>10} {'change':>8}")
-            lines[-1] += f" {'vs peer':>8}"
+            lines.append(f"{'entry':{width}}  {'figure':20} {'baseline':>10} {'now':>10} {'change':>8} {'vs peer':>8}")
             for f in self.figures:
                 flag = f"  SLIPPED (> {f.tolerance:.0%})" if f.slipped else ""
                 if f.moved_with_reference:
@@ -144,8 +143,9 @@ def compare(now: Sequence[Mapping], baseline: Sequence[Mapping], *, tolerance: f
 
     ``tolerance``: the allowed rise of every figure, a fraction (0.10 = 10%); ``tolerances``:
     per figure name, over it. A row's references: ``"reference"`` (a name) and ``"references"``
-    (figure -> that kernel's value in the same run); ``absolute`` ignores them. Raises ``ValueError`` for a row without a name, dtype or device, two
-    rows of one entry, or a per-figure tolerance for a figure no row has.
+    (figure -> that kernel's value in the same run); ``absolute`` ignores them. Raises
+    ``ValueError`` for a row without a name, dtype or device, two rows of one entry, or a
+    per-figure tolerance for a figure no row has.
     """
     tolerances = dict(tolerances or {})
     known = {f for row in [*now, *baseline] for f in _figures(row)}
@@ -189,7 +189,8 @@ def compare(now: Sequence[Mapping], baseline: Sequence[Mapping], *, tolerance: f
 
 
 def _references(base: Mapping, row: Mapping, name: str) -> dict:
-    """Figure's reference fields when both rows hold the figure's reference, of one kernel."""
+    """Figure ``name``'s reference fields when both rows hold its reference, from the same
+    kernel; none otherwise (the figure is then judged alone)."""
     ref_base, ref_now = (r.get("references", {}).get(name) for r in (base, row))
     if ref_base is None or ref_now is None or base.get("reference") != row.get("reference"):
         return {}

@@ -147,7 +147,7 @@ def mamba_chunk_scan_combined_varlen(
                device_index, stream)
     if state_dtype is None:
         state_dtype = initial_states.dtype if initial_states is not None else x.dtype
-    result = plans.workspace.shaped(3, chunk_states, nchunks) if return_intermediate_states else final_states
+    result = plans.workspace.shaped(_STATES, chunk_states, nchunks) if return_intermediate_states else final_states
     return result if result.dtype == state_dtype else result.to(state_dtype)
 
 
@@ -193,6 +193,9 @@ class _Workspace(NamedTuple):
         """Buffer ``index`` of :meth:`carve` as the contiguous ``(nchunks, *shape)`` tensor it holds."""
         shape = self.shapes[index]
         return buffer[:nchunks * math.prod(shape)].view(nchunks, *shape)
+
+
+_STATES = 3  # the chunk states' buffer in the workspace: the one a call may return
 
 
 class _Plans(NamedTuple):
@@ -272,7 +275,7 @@ def _stage_plans(H: int, G: int, P: int, N: int, L: int, dtype: torch.dtype, ini
         stage("chunk_scan", CHUNK_SCAN, lambda b: triton.cdiv(L, b["BLOCK_M"]) * triton.cdiv(P, b["BLOCK_N"]),
               H=H, G=G, P=P, N=N, CHUNK_SIZE=L, HAS_INITSTATES=has_init, HAS_D=has_D, D_HAS_HDIM=D_has_hdim,
               HAS_Z=has_z, FACTORED_DECAY=dt_nonneg, **common),
-        # dt', dA cumsum, C.B^T, chunk states
+        # dt', dA cumsum, C.B^T, chunk states (index _STATES)
         _Workspace.of((H, L), (H, L), (G, L, L), (H, P, N)),
         triton.cdiv(G * bmm.tiles, chunk_state.tiles) if fuse_bmm else 0,
     )
