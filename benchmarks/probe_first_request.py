@@ -358,6 +358,22 @@ def _print_run(run: dict) -> None:
               f"{k['stages']} steps {k['pre_launch_steps']}")
 
 
+def steps(args: argparse.Namespace) -> int:
+    """``--steps``: ``--children`` fresh processes per dtype (own cache dirs: each compiles)."""
+    runs = []
+    for dtype in args.steps.split(","):
+        for _ in range(args.children):
+            try:
+                run = harness.run_fresh(__file__, ["--steps-child", dtype], timeout=args.timeout)
+            except harness.ChildFailed as failure:
+                print(f"a child failed: {failure.reason}\n{failure.output}")
+                return 1
+            print(f"{dtype}: first {run['first']}\n{' ' * len(dtype)}  lone  {run['lone']}", flush=True)
+            runs.append(run)
+    harness.write_result(args.result, {"unit": "us", "runs": runs})
+    return 0
+
+
 def main() -> int:
     parser = harness.parser(__doc__)
     parser.add_argument("result", nargs="?", help="write the JSON result here")
@@ -403,22 +419,6 @@ def main() -> int:
             runs.append(run)
             _print_run(run)
     harness.write_result(args.result, {"runs": runs})
-    return 0
-
-
-def steps(args: argparse.Namespace) -> int:
-    """``--steps``: ``--children`` fresh processes per dtype (own cache dirs: each compiles)."""
-    runs = []
-    for dtype in args.steps.split(","):
-        for _ in range(args.children):
-            try:
-                run = harness.run_fresh(__file__, ["--steps-child", dtype], timeout=args.timeout)
-            except harness.ChildFailed as failure:
-                print(f"a child failed: {failure.reason}\n{failure.output}")
-                return 1
-            print(f"{dtype}: first {run['first']}\n{' ' * len(dtype)}  lone  {run['lone']}", flush=True)
-            runs.append(run)
-    harness.write_result(args.result, {"unit": "us", "runs": runs})
     return 0
 
 
